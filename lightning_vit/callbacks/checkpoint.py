@@ -1,0 +1,32 @@
+"""Checkpoints written atomically: a run killed while saving keeps its previous checkpoint intact."""
+
+from __future__ import annotations
+
+import os
+from weakref import proxy
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+__all__ = ["AtomicModelCheckpoint"]
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """:class:`~lightning.pytorch.callbacks.ModelCheckpoint` that writes ``<file>.tmp`` then renames it into place.
+
+    With ``monitor`` unset, ``save_top_k=1`` and ``filename="last"`` it keeps ``last.ckpt`` current at every save
+    (each epoch, or every ``every_n_train_steps``), which is what ``fit --ckpt_path last`` resumes from. (Lightning's
+    own ``save_last`` only refreshes ``last.ckpt`` when a monitored checkpoint is saved in the same step.)
+    """
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("atomic_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))

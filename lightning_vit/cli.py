@@ -1,0 +1,136 @@
+"""The command line: ``python -m lightning_vit {fit,validate,test,predict} --config configs/....yaml``.
+
+A LightningCLI over the project's tasks and DataModules with three additions:
+- class names (and so ``num_classes``) come from the DataModule when the model config leaves them unset, and
+  from the checkpoint's hyperparameters when ``--ckpt_path`` is given, so ``predict`` needs no dataset;
+- every run writes to one directory ``<save_dir>/<name>/version_N`` shared by its loggers: TensorBoard and CSV
+  metrics, the resolved ``config.yaml`` and ``checkpoints/`` (best and ``last.ckpt``);
+  ``fit --ckpt_path last`` resumes the newest run of that name in its own directory;
+- bad input (a missing dataset, an unreadable file, a wrong checkpoint) ends with a one-line message naming the
+  file or config key, not a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_vit.backbones.pretrained import PretrainedError
+from lightning_vit.callbacks import PredictionWriter
+from lightning_vit.datamodules import DatasetError
+
+__all__ = ["LightningViTCLI", "main"]
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _init_params(cls: type) -> set[str]:
+    """Keyword names ``cls`` accepts, following ``**kwargs`` up the class hierarchy."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters.values()
+            names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+            if not any(p.kind == p.VAR_KEYWORD for p in params):
+                break
+    return names
+
+
+def _concise(message: str) -> str:
+    """Turn jsonargparse's nested union report into the one cause that matters, with a suggestion for typos."""
+    key = re.search(r'Parser key "([^"]+)"', message)
+    cause = re.search(r"Problem with given class_path '([^']+)':\s*(.+?)(?:\n\s*- Expected a|\Z)", message, re.S)
+    if not (key and cause):
+        return message
+    class_path, detail = cause.group(1), " ".join(cause.group(2).split())
+    typo = re.search(r"Option '([^']+)' is not accepted", detail)
+    if typo:
+        close = difflib.get_close_matches(typo.group(1), _init_params(_import(class_path)), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{key.group(1)}.init_args.{typo.group(1)}: not an option of {class_path}{hint}"
+    return f"{key.group(1)} ({class_path}): {detail}"
+
+
+class ConciseParser(LightningArgumentParser):
+    """Parser errors as one cause and a pointer to ``--help``, without the 40-line usage block."""
+
+    def error(self, message: str, ex: Exception | None = None) -> None:
+        if not getattr(self, "exit_on_error", True):
+            return super().error(message, ex)
+        print(f"error: {_concise(message)}\nsee `python -m lightning_vit <subcommand> --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class LightningViTCLI(LightningCLI):
+    """LightningCLI with class names from the data, one directory per run and resume of the last run."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        self._fill_class_names(config)
+        if self.subcommand == "fit":
+            self._resolve_run_dir(config)
+
+    @staticmethod
+    def _fill_class_names(config: Namespace) -> None:
+        args = config.model.init_args
+        if "class_names" not in args or args.class_names is not None or args.get("num_classes") is not None:
+            return
+        datamodule = _import(config.data.class_path)(**config.data.init_args.as_dict())
+        if hasattr(datamodule, "class_names"):
+            args.class_names = list(datamodule.class_names)
+
+    @staticmethod
+    def _resolve_run_dir(config: Namespace) -> None:
+        """Give every logger the same version folder; map ``--ckpt_path last`` to the newest run's last.ckpt."""
+        loggers = config.trainer.logger
+        if not isinstance(loggers, list):
+            loggers = [loggers] if isinstance(loggers, Namespace) else []
+        dirs = {(lg.init_args.get("save_dir"), lg.init_args.get("name")) for lg in loggers}
+        if len(dirs) != 1 or None in next(iter(dirs)):
+            return
+        root = Path(*next(iter(dirs)))
+        versions = sorted(
+            (int(m.group(1)), p) for p in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))
+        )
+        if config.ckpt_path == "last":
+            resumable = [p for _, p in versions if (p / "checkpoints" / "last.ckpt").is_file()]
+            if not resumable:
+                raise DatasetError(f"ckpt_path=last: no {root}/version_*/checkpoints/last.ckpt to resume from")
+            version = resumable[-1].name
+            config.ckpt_path = str(resumable[-1] / "checkpoints" / "last.ckpt")
+        else:
+            version = f"version_{versions[-1][0] + 1 if versions else 0}"
+        for lg in loggers:
+            if lg.init_args.get("version") is None:
+                lg.init_args.version = version
+
+
+def main(args: list[str] | None = None) -> LightningViTCLI | None:
+    """Run the CLI; ``args`` as on the command line (``None`` reads ``sys.argv``)."""
+    import lightning_vit.datamodules  # noqa: F401  (registers the DataModules for class_path shorthands)
+    import lightning_vit.tasks  # noqa: F401
+
+    try:
+        return LightningViTCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_class=ConciseParser,
+            args=args,
+        )
+    except (DatasetError, PretrainedError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

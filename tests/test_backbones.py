@@ -1,0 +1,105 @@
+"""The backbone contract, checked on every registered ``test_*`` variant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_vit.backbones import create_backbone, list_backbones
+
+TINY = list_backbones("test_*")
+
+
+def _model(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_backbone(name, **kwargs)
+
+
+def test_every_family_has_a_tiny_variant() -> None:
+    assert {"test_coat", "test_coat_lite"} <= set(TINY)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_logits_features_and_head_agree(name: str) -> None:
+    model = _model(name, num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = model(x)
+        final, maps = model.forward_intermediates(x)
+        features = model.forward_features(x)
+        assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+        torch.testing.assert_close(model.forward_head(features), logits)
+        for a, b in zip(final if isinstance(final, list) else [final], features if isinstance(features, list) else [features]):
+            torch.testing.assert_close(a, b)
+        assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("size", [(64, 64), (97, 131), (32, 200)])
+def test_intermediates_match_feature_info_at_any_size(name: str, size: tuple[int, int]) -> None:
+    model = _model(name).eval()
+    with torch.no_grad():
+        maps = model.forward_intermediates(torch.randn(1, 3, *size), intermediates_only=True)
+    assert len(maps) == len(model.feature_info)
+    for m, info in zip(maps, model.feature_info):
+        assert m.ndim == 4 and m.shape[1] == info["num_chs"]
+        for got, full in zip(m.shape[-2:], size):
+            assert abs(got - full / info["reduction"]) <= 1, (m.shape, size, info)
+        assert torch.isfinite(m).all()
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_indices_select_stages(name: str) -> None:
+    model = _model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        every = model.forward_intermediates(x, intermediates_only=True)
+        last = model.forward_intermediates(x, indices=1, intermediates_only=True)
+    assert len(last) == 1
+    torch.testing.assert_close(last[0], every[-1])
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_features_only_form(name: str) -> None:
+    model = _model(name, features_only=True).eval()
+    assert model.num_classes == 0
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, 75, 90))
+    assert [m.shape[1] for m in maps] == [i["num_chs"] for i in model.feature_info]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_parameter_gets_a_gradient_and_checkpointing_changes_nothing(name: str) -> None:
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for checkpointing in (False, True):
+        model = _model(name, num_classes=3).train()
+        model.set_grad_checkpointing(checkpointing)
+        model(x).logsumexp(-1).sum().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, f"no gradient: {missing}"
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_reset_classifier_and_no_weight_decay_names(name: str) -> None:
+    model = _model(name, num_classes=3)
+    model.reset_classifier(11)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 11)
+    params = [n for n, _ in model.named_parameters()]
+    for skip in model.no_weight_decay():
+        assert any(p == skip or p.startswith(skip + ".") for p in params), skip
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_state_dict_round_trip_through_a_file(name: str, tmp_path) -> None:
+    """Saved to disk and loaded back through ``create_backbone(pretrained=...)``, outputs are identical."""
+    model = _model(name, num_classes=4).eval()
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    torch.manual_seed(1)
+    loaded = create_backbone(name, num_classes=4, pretrained=str(tmp_path / "weights.pth")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

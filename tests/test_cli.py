@@ -1,0 +1,128 @@
+"""The command line end to end on tiny data: fit -> validate -> test -> predict, resume, configs, bad input."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import CONFIGS
+
+from lightning_vit.cli import main
+
+FAST = [
+    "--model.init_args.backbone=test_coat_lite",
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.strategy=auto",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=2",
+    "--trainer.num_sanity_val_steps=0",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.image_size=32",
+    "--data.init_args.batch_size=4",
+]
+
+
+def _run(*args: str) -> None:
+    main([*args])
+
+
+def test_fit_validate_test_predict(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = str(CONFIGS / "demo" / "coat_lite.yaml")
+    data = [f"--data.init_args.root={image_folder}"]
+    _run("fit", "--config", config, *FAST, *data, "--trainer.max_epochs=2")
+
+    run = tmp_path / "runs" / "demo_coat_lite" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    last = run / "checkpoints" / "last.ckpt"
+    best = [p for p in (run / "checkpoints").glob("best-*.ckpt")]
+    assert last.is_file() and len(best) == 1
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["class_names"] == ["circle", "square", "star"]
+    assert ckpt["epoch"] == 1
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("val_acc1") for r in rows) and any(r.get("train_loss") for r in rows)
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["model"]["init_args"]["class_names"] == ["circle", "square", "star"]
+
+    _run("validate", "--config", config, *FAST, *data, f"--ckpt_path={last}")
+    _run("test", "--config", config, *FAST, *data, f"--ckpt_path={last}")
+
+    out = tmp_path / "preds" / "scores.csv"
+    predict_root = image_folder / "val"
+    _run(
+        "predict", "--config", config, *FAST, f"--data.init_args.root={tmp_path / 'absent'}",
+        f"--data.init_args.predict_root={predict_root}", f"--ckpt_path={last}", f"--prediction_writer.output={out}",
+        "--prediction_writer.top_k=2",
+    )  # fmt: skip
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    images = sorted(str(p) for p in predict_root.rglob("*") if p.is_file())
+    assert sorted(r["path"] for r in rows) == images
+    for r in rows:
+        assert r["top1_class"] in {"circle", "square", "star"} and r["top2_class"] != r["top1_class"]
+        assert 1.0 >= float(r["top1_prob"]) >= float(r["top2_prob"]) >= 0.0
+
+
+def test_resume_last_continues_the_same_run(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = str(CONFIGS / "demo" / "coat_lite.yaml")
+    data = [f"--data.init_args.root={image_folder}"]
+    _run("fit", "--config", config, *FAST, *data, "--trainer.max_epochs=1")
+    _run("fit", "--config", config, *FAST, *data, "--trainer.max_epochs=2", "--ckpt_path=last")
+    runs = sorted(p.name for p in (tmp_path / "runs" / "demo_coat_lite").iterdir())
+    assert runs == ["version_0"]
+    ckpt = torch.load(tmp_path / "runs/demo_coat_lite/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
+
+
+def test_bad_input_is_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = str(CONFIGS / "coat_lite.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        _run("fit", "--config", config, f"--data.init_args.root={tmp_path / 'missing'}")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert err[-1].startswith("error: data.root:") and "missing/train does not exist" in err[-1]
+    assert "configs/demo/coat_lite.yaml" in err[-1]
+
+    with pytest.raises(SystemExit):
+        _run("fit", "--config", config, "--model.init_args.lr_bach_size=3")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (
+        "error: model.init_args.lr_bach_size: not an option of lightning_vit.tasks.ImageClassifier "
+        "(did you mean 'lr_batch_size'?)"
+    )
+
+    with pytest.raises(SystemExit):
+        _run("fit", "--config", config, "--data.init_args.batch_size=many")
+    assert "Expected a <class 'int'>" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_parses(path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run("fit", "--config", str(path), "--print_config")
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("lightning_vit.tasks.")
+    assert printed["data"]["class_path"].startswith("lightning_vit.datamodules.")
+
+
+@pytest.mark.parametrize("name", ["coat_lite.yaml", "coat.yaml"])
+def test_imagenet_recipes_run_on_tiny_data(name: str, image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """The full recipes (mixup, RandAugment, EMA, ddp config) run one step each on tiny data."""
+    monkeypatch.chdir(tmp_path)
+    tiny = "test_coat_lite" if name == "coat_lite.yaml" else "test_coat"
+    _run(
+        "fit", "--config", str(CONFIGS / name), *FAST, f"--model.init_args.backbone={tiny}",
+        f"--data.init_args.root={image_folder}", "--trainer.fast_dev_run=1",
+    )  # fmt: skip
