@@ -147,3 +147,17 @@ def test_shared_modules_are_shared() -> None:
     assert model.serial_blocks2[0].cpe is model.cpe2
     assert model.parallel_blocks[0].factoratt_crpe3.crpe is model.crpe3
     assert model.parallel_blocks[0].mlp2 is model.parallel_blocks[0].mlp4
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in ("coat_lite_tiny", "coat_tiny") else pytest.param(n, marks=pytest.mark.slow) for n in VARIANTS]
+)
+def test_full_variant_equals_timm(name: str) -> None:
+    """Every registered variant, with timm's randomly initialised weights, gives timm's logits at 224."""
+    torch.manual_seed(0)
+    ref = timm.create_model(name).eval()
+    ours = create_backbone(name).eval()
+    ours.load_state_dict(checkpoint_filter_fn(ref.state_dict(), ours), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-4, rtol=1e-4)

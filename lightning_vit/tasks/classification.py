@@ -29,6 +29,8 @@ class ImageClassifier(BaseTask):
         **kwargs: optimizer and schedule options of :class:`~lightning_vit.tasks.base.BaseTask`.
     """
 
+    prediction_format = "classification"
+
     def __init__(
         self,
         backbone: str = "coat_lite_tiny",
