@@ -29,7 +29,8 @@ def test_logits_features_and_head_agree(name: str) -> None:
         features = model.forward_features(x)
         assert logits.shape == (2, 7) and torch.isfinite(logits).all()
         torch.testing.assert_close(model.forward_head(features), logits)
-        for a, b in zip(final if isinstance(final, list) else [final], features if isinstance(features, list) else [features]):
+        as_list = lambda t: t if isinstance(t, list) else [t]  # noqa: E731  (CoaT's final features are a list)
+        for a, b in zip(as_list(final), as_list(features)):
             torch.testing.assert_close(a, b)
         assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features)
 

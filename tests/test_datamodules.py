@@ -67,7 +67,7 @@ def test_mixup_makes_soft_targets_on_training_batches(image_folder: Path) -> Non
 
 def test_missing_root_says_where_it_looked_and_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"data\.root: .*nowhere/train does not exist.*demo"):
-        _module(tmp_path / "nowhere").class_names
+        _ = _module(tmp_path / "nowhere").class_names
 
 
 def test_empty_class_folder_is_named(image_folder: Path) -> None:
