@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_vit.callbacks.writers import WRITERS
+from lightning_vit.callbacks.writers import get_writer
 
 __all__ = ["PredictionWriter"]
 
@@ -32,10 +32,8 @@ class PredictionWriter(BasePredictionWriter):
         self._writer = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        fmt = getattr(pl_module, "prediction_format", None)
-        if fmt not in WRITERS:
-            raise ValueError(f"prediction_writer: no writer for {type(pl_module).__name__} (format {fmt!r})")
-        self._writer = WRITERS[fmt](self.output, trainer, pl_module, **self.options)
+        writer = get_writer(getattr(pl_module, "prediction_format", None))
+        self._writer = writer(self.output, trainer, pl_module, **self.options)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         self._writer.write(prediction, batch)
