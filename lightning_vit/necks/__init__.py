@@ -1,0 +1,5 @@
+"""Necks: turn a backbone's maps into the multi-scale pyramid a dense head expects."""
+
+from lightning_vit.necks.simple_pyramid import SimplePyramid
+
+__all__ = ["SimplePyramid"]
