@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -126,3 +127,26 @@ def test_imagenet_recipes_run_on_tiny_data(name: str, image_folder: Path, tmp_pa
         "fit", "--config", str(CONFIGS / name), *FAST, f"--model.init_args.backbone={tiny}",
         f"--data.init_args.root={image_folder}", "--trainer.fast_dev_run=1",
     )  # fmt: skip
+
+
+def test_patchconvnet_predict_writes_attention_overlays(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    import cv2
+
+    monkeypatch.chdir(tmp_path)
+    config = str(CONFIGS / "patchconvnet.yaml")
+    common = [*FAST, "--model.init_args.backbone=test_patchconvnet", f"--data.init_args.root={image_folder}"]
+    _run("fit", "--config", config, *common, "--trainer.max_epochs=1")
+    ckpt = tmp_path / "runs" / "patchconvnet_s60_imagenet" / "version_0" / "checkpoints" / "last.ckpt"
+    predict_root = image_folder / "val" / "star"
+    out = tmp_path / "out"
+    _run(
+        "predict", "--config", config, *common, f"--ckpt_path={ckpt}", f"--data.init_args.predict_root={predict_root}",
+        "--prediction_writer.save_attention=true", "--prediction_writer.save_visuals=true",
+        f"--prediction_writer.output={out}",
+    )  # fmt: skip
+    for image_path in sorted(predict_root.iterdir()):
+        original = cv2.imread(str(image_path))
+        for kind in ("attention", "visuals"):
+            written = cv2.imread(str(out / kind / f"{image_path.stem}.png"))
+            assert written is not None and written.shape == original.shape, kind
+            assert np.abs(written.astype(int) - original).mean() > 5, f"{kind} overlay left the image unchanged"

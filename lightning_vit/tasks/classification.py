@@ -30,6 +30,8 @@ class ImageClassifier(BaseTask):
     """
 
     prediction_format = "classification"
+    #: set by ``PredictionWriter(save_attention=True)``: ``predict_step`` also returns the backbone's attention maps
+    predict_attention = False
 
     def __init__(
         self,
@@ -96,4 +98,9 @@ class ImageClassifier(BaseTask):
         self._evaluate(batch, self.test_metrics, "test_")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"probs": self(batch["image"]).float().softmax(dim=-1), "path": batch["path"]}
+        out = {"probs": self(batch["image"]).float().softmax(dim=-1), "path": batch["path"]}
+        if self.predict_attention:
+            if not hasattr(self.backbone, "forward_attention"):
+                raise ValueError(f"prediction_writer.save_attention: {self.hparams.backbone} has no attention maps")
+            out["attention"] = self.backbone.forward_attention(batch["image"]).float()  # (B, [K,] h, w)
+        return out
