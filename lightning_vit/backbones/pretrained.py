@@ -101,12 +101,14 @@ def load_pretrained(model: nn.Module, source: str, name: str) -> tuple[list[str]
             )
         del state[key]
     result = model.load_state_dict(state, strict=False)
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]  # a shared tensor's other names
     if mismatched:
         log.info("pretrained %s: classifier re-initialised (%s: other number of classes)", source, mismatched)
-    if result.missing_keys:
-        log.warning("pretrained %s: missing keys (left at initialisation): %s", source, result.missing_keys)
+    if missing:
+        log.warning("pretrained %s: missing keys (left at initialisation): %s", source, missing)
     if result.unexpected_keys:
         log.warning("pretrained %s: unexpected keys (ignored): %s", source, result.unexpected_keys)
-    if not set(own) - set(result.missing_keys):
+    if not set(own) - set(missing):
         raise PretrainedError(f"pretrained: {source} shares no key with {name}; is it a checkpoint of this family?")
-    return result.missing_keys, result.unexpected_keys
+    return missing, result.unexpected_keys
