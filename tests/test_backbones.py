@@ -16,7 +16,7 @@ def _model(name: str, **kwargs) -> torch.nn.Module:
 
 
 def test_every_family_has_a_tiny_variant() -> None:
-    assert {"test_coat", "test_coat_lite", "test_patchconvnet"} <= set(TINY)
+    assert {"test_coat", "test_coat_lite", "test_patchconvnet", "test_swin"} <= set(TINY)
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -118,11 +118,19 @@ def test_every_config_parses(path: Path, capsys) -> None:
     assert printed["data"]["class_path"].startswith("lightning_vit.datamodules.")
 
 
-@pytest.mark.parametrize("name", ["coat_lite.yaml", "coat.yaml"])
+RECIPES = {
+    "coat_lite.yaml": "test_coat_lite",
+    "coat.yaml": "test_coat",
+    "swin.yaml": "test_swin",
+    "patchconvnet.yaml": "test_patchconvnet",
+}
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
 def test_imagenet_recipes_run_on_tiny_data(name: str, image_folder: Path, tmp_path: Path, monkeypatch) -> None:
-    """The full recipes (mixup, RandAugment, EMA, ddp config) run one step each on tiny data."""
+    """The full recipes (mixup, RandAugment, EMA, gradient clipping) run one step each on tiny data."""
     monkeypatch.chdir(tmp_path)
-    tiny = "test_coat_lite" if name == "coat_lite.yaml" else "test_coat"
+    tiny = RECIPES[name]
     _run(
         "fit", "--config", str(CONFIGS / name), *FAST, f"--model.init_args.backbone={tiny}",
         f"--data.init_args.root={image_folder}", "--trainer.fast_dev_run=1",
