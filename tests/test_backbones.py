@@ -16,7 +16,7 @@ def _model(name: str, **kwargs) -> torch.nn.Module:
 
 
 def test_every_family_has_a_tiny_variant() -> None:
-    assert {"test_coat", "test_coat_lite", "test_patchconvnet", "test_swin"} <= set(TINY)
+    assert {"test_coat", "test_coat_lite", "test_patchconvnet", "test_scalable_vit", "test_swin"} <= set(TINY)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -32,7 +32,8 @@ def test_logits_features_and_head_agree(name: str) -> None:
         as_list = lambda t: t if isinstance(t, list) else [t]  # noqa: E731  (CoaT's final features are a list)
         for a, b in zip(as_list(final), as_list(features)):
             torch.testing.assert_close(a, b)
-        assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features)
+        width = getattr(model, "head_hidden_size", model.num_features)  # timm: an MLP head's hidden width
+        assert model.forward_head(features, pre_logits=True).shape == (2, width)
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -123,6 +123,7 @@ RECIPES = {
     "coat.yaml": "test_coat",
     "swin.yaml": "test_swin",
     "patchconvnet.yaml": "test_patchconvnet",
+    "scalable_vit.yaml": "test_scalable_vit",
 }
 
 
