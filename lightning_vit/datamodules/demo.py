@@ -17,7 +17,7 @@ import numpy as np
 
 from lightning_vit.datamodules.imagenet import ImageNetDataModule
 
-__all__ = ["SHAPES", "draw_shape", "make_shapes_classification", "DemoShapesDataModule"]
+__all__ = ["SHAPES", "draw_shape", "make_shapes_classification", "make_shapes_segmentation", "DemoShapesDataModule"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,58 @@ def make_shapes_classification(
     return root
 
 
+def make_shapes_segmentation(
+    root: str | Path,
+    *,
+    num_train: int = 320,
+    num_val: int = 60,
+    image_size: tuple[int, int] = (96, 128),
+    max_shapes: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write a shapes semantic-segmentation set in the ADE20K layout unless it is already there.
+
+    ``root/ADEChallengeData2016/{images,annotations}/{training,validation}/`` with ``ADE_<split>_<n>.jpg`` images
+    (``image_size`` h x w, 1 to ``max_shapes`` shapes that may overlap) and ``.png`` masks of the same name. Mask
+    values follow ADE20K's convention for ``reduce_zero_label``: 0 is "other" (here the band along each outline,
+    where colours are blended, so it is ignored), 1 the background and 2..7 the shapes in :data:`SHAPES` order.
+    Written to a temporary folder and renamed into place, like :func:`make_shapes_classification`.
+    """
+    root = Path(root)
+    if (root / "ADEChallengeData2016" / "annotations" / "validation").is_dir():
+        return root
+    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    kernel = np.ones((3, 3), np.uint8)
+    for split, count in (("training", num_train), ("validation", num_val)):
+        base = tmp / "ADEChallengeData2016"
+        images, masks = base / "images" / split, base / "annotations" / split
+        images.mkdir(parents=True)
+        masks.mkdir(parents=True)
+        for n in range(count):
+            image = np.ascontiguousarray(_background(rng, max(h, w))[:h, :w])
+            label = np.ones((h, w), np.uint8)
+            for _ in range(rng.integers(1, max_shapes + 1)):
+                kind = SHAPES[rng.integers(len(SHAPES))]
+                radius = rng.uniform(0.12, 0.3) * min(h, w)
+                center = (rng.uniform(radius, w - radius), rng.uniform(radius, h - radius))
+                shape = draw_shape(image, kind, center, radius, rng.uniform(0, 360), _contrasting_color(rng, image))
+                label[shape] = 2 + SHAPES.index(kind)
+            label[cv2.dilate(label, kernel) != cv2.erode(label, kernel)] = 0
+            name = f"ADE_{'train' if split == 'training' else 'val'}_{n + 1:08d}"
+            cv2.imwrite(str(images / f"{name}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(masks / f"{name}.png"), label)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote the demo shapes segmentation dataset to %s", root)
+    return root
+
+
 class DemoShapesDataModule(ImageNetDataModule):
     """:class:`ImageNetDataModule` over the generated shapes set (written to ``root`` on first use).
 
@@ -124,3 +176,84 @@ class DemoShapesDataModule(ImageNetDataModule):
     ) -> None:
         make_shapes_classification(root, train_per_class=train_per_class, val_per_class=val_per_class)
         super().__init__(root=root, **kwargs)
+
+
+def _shape_segmentation(kind: str, mask: np.ndarray) -> list[list[float]] | dict:
+    """A ring as compressed RLE (it has a hole), the other shapes as polygons traced from their mask."""
+    from pycocotools import mask as mask_utils
+
+    if kind == "ring":
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def make_shapes_detection(
+    root: str | Path,
+    *,
+    train_count: int = 400,
+    val_count: int = 100,
+    image_size: int = 128,
+    max_shapes: int = 4,
+    category_ids: tuple[int, ...] = (1, 2, 3, 4, 5, 6),
+    seed: int = 0,
+) -> Path:
+    """Write a shapes detection / instance-segmentation set in the COCO layout unless it is already there.
+
+    ``root/{train2017,val2017}/*.jpg`` and ``root/annotations/instances_{train,val}2017.json``: 0 to
+    ``max_shapes`` non-overlapping shapes per image, one category per kind in :data:`SHAPES` (json ids
+    ``category_ids``), rings with compressed-RLE masks and the other shapes with polygons. Written to a temporary
+    folder and renamed into place, like :func:`make_shapes_classification`.
+    """
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    root = Path(root)
+    if (root / "annotations" / "instances_val2017.json").is_file():
+        return root
+    if len(category_ids) != len(SHAPES):
+        raise ValueError(f"category_ids needs {len(SHAPES)} ids (one per shape), got {category_ids}")
+    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "annotations").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    categories = [{"id": int(i), "name": kind, "supercategory": "shape"} for i, kind in zip(category_ids, SHAPES)]
+    ann_id = 1
+    for split, count in (("train2017", train_count), ("val2017", val_count)):
+        (tmp / split).mkdir()
+        images, annotations = [], []
+        for n in range(count):
+            image_id = n + 1
+            image = _background(rng, image_size)
+            taken = np.zeros((image_size, image_size), bool)
+            for _ in range(rng.integers(0, max_shapes + 1)):
+                kind = SHAPES[rng.integers(len(SHAPES))]
+                radius = rng.uniform(0.08, 0.22) * image_size
+                center, angle = tuple(rng.uniform(radius, image_size - radius, 2)), rng.uniform(0, 360)
+                probe = draw_shape(np.zeros_like(image), kind, center, radius, angle, (1, 1, 1))
+                if (probe & taken).any() or probe.sum() < 16:
+                    continue
+                mask = draw_shape(image, kind, center, radius, angle, _contrasting_color(rng, image))
+                taken |= cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+                x, y, w, h = cv2.boundingRect(mask.astype(np.uint8))
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                annotations.append({
+                    "id": ann_id, "image_id": image_id, "category_id": int(category_ids[SHAPES.index(kind)]),
+                    "bbox": [float(x), float(y), float(w), float(h)], "area": float(mask_utils.area(rle)),
+                    "iscrowd": 0, "segmentation": _shape_segmentation(kind, mask),
+                })  # fmt: skip
+                ann_id += 1
+            file_name = f"{image_id:06d}.jpg"
+            cv2.imwrite(str(tmp / split / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
+        dataset = {"images": images, "annotations": annotations, "categories": categories}
+        (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(dataset))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(root)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote the demo shapes detection dataset to %s", root)
+    return root

@@ -2,5 +2,6 @@
 
 from lightning_vit.tasks.base import BaseTask
 from lightning_vit.tasks.classification import ImageClassifier
+from lightning_vit.tasks.segmentation import SemanticSegmenter
 
-__all__ = ["BaseTask", "ImageClassifier"]
+__all__ = ["BaseTask", "ImageClassifier", "SemanticSegmenter"]
