@@ -17,7 +17,14 @@ import numpy as np
 
 from lightning_vit.datamodules.imagenet import ImageNetDataModule
 
-__all__ = ["SHAPES", "draw_shape", "make_shapes_classification", "make_shapes_segmentation", "DemoShapesDataModule"]
+__all__ = [
+    "SHAPES",
+    "draw_shape",
+    "make_shapes_classification",
+    "make_shapes_segmentation",
+    "make_shapes_detection",
+    "DemoShapesDataModule",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +68,12 @@ def draw_shape(
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    """A flat colour with a gentle gradient and mild pixel noise: the shapes, not the backdrop, carry the label."""
+    c0 = rng.integers(0, 256, 3)
+    c1 = np.clip(c0 + rng.integers(-40, 41, 3), 0, 255)
     ramp = np.linspace(0, 1, size)[:, None, None]
     ramp = ramp if rng.random() < 0.5 else ramp.transpose(1, 0, 2)
-    image = c0 + (c1 - c0) * ramp + rng.normal(0, 12, (size, size, 3))
+    image = c0 + (c1 - c0) * ramp + rng.normal(0, 4, (size, size, 3))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -2,6 +2,7 @@
 
 from lightning_vit.tasks.base import BaseTask
 from lightning_vit.tasks.classification import ImageClassifier
+from lightning_vit.tasks.detection import ObjectDetector
 from lightning_vit.tasks.segmentation import SemanticSegmenter
 
-__all__ = ["BaseTask", "ImageClassifier", "SemanticSegmenter"]
+__all__ = ["BaseTask", "ImageClassifier", "ObjectDetector", "SemanticSegmenter"]
