@@ -266,7 +266,7 @@ def test_timm_registry_and_no_hub_weights() -> None:
     assert isinstance(model, PatchConvNet) and model(torch.randn(1, 3, 32, 48)).shape == (1, 3)
     dense = timm.create_model("test_patchconvnet", features_only=True)
     assert [m.shape[1:] for m in dense(torch.randn(1, 3, 32, 48))] == [(64, 2, 3)]
-    with pytest.raises(ValueError, match="pretrained='path/to/ckpt'"):
+    with pytest.raises(ValueError, match="pretrained='path/to/checkpoint.pth'"):
         timm.create_model("patchconvnet_s60", pretrained=True)
 
 

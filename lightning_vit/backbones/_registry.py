@@ -1,6 +1,4 @@
-"""TEMPORARY NOTE FOR PARALLEL ENGINEERS: read /tmp/contract.md NOW (the backbone contract, test rules, no git).
-
-Backbone registry: ``register_backbone`` / ``create_backbone`` / ``list_backbones``.
+"""Backbone registry: ``register_backbone`` / ``create_backbone`` / ``list_backbones``.
 
 Every variant is a small function ``name(pretrained=False, **kwargs) -> nn.Module`` (the timm convention). The
 registry remembers the family module of each variant so that ``create_backbone(..., pretrained=path)`` can convert
@@ -17,7 +15,7 @@ from types import ModuleType
 
 import torch.nn as nn
 
-__all__ = ["register_backbone", "create_backbone", "list_backbones", "backbone_family"]
+__all__ = ["register_backbone", "create_backbone", "list_backbones", "backbone_family", "build_model"]
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -71,6 +69,21 @@ def create_backbone(name: str, *, pretrained: str | None = None, **kwargs) -> nn
 
         load_pretrained(model, pretrained, name=name)
     return model
+
+
+def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """What every family's ``_create_*`` does: refuse hub weights (there are none here) and build ``model_cls``.
+
+    The keys timm's ``create_model`` adds (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``) are dropped.
+    """
+    if pretrained:
+        raise ValueError(
+            f"{variant}: no weights are downloaded here; pass a file, e.g. "
+            f"lightning_vit.create_backbone({variant!r}, pretrained='path/to/checkpoint.pth')"
+        )
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return model_cls(**kwargs)
 
 
 def _check_name(name: str) -> None:

@@ -17,7 +17,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._registry import register_backbone
+from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["CoaT", "checkpoint_filter_fn"]
 
@@ -451,14 +451,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CoaT) -> di
 
 
 def _create_coat(variant: str, pretrained: bool = False, **kwargs) -> CoaT:
-    if pretrained:
-        raise ValueError(
-            f"{variant}: no weights are downloaded here; pass a file, e.g. "
-            f"lightning_vit.create_backbone({variant!r}, pretrained='path/to/checkpoint.pth')"
-        )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return CoaT(**kwargs)
+    return build_model(CoaT, variant, pretrained, **kwargs)
 
 
 @register_backbone

@@ -22,7 +22,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._registry import register_backbone
+from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["PatchConvNet", "checkpoint_filter_fn"]
 
@@ -422,14 +422,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: PatchConvNe
 
 
 def _create_patchconvnet(variant: str, pretrained: bool = False, **kwargs) -> PatchConvNet:
-    if pretrained:
-        raise ValueError(
-            f"{variant}: no hub weights are bundled; load a checkpoint with "
-            f"lightning_vit.create_backbone({variant!r}, pretrained='path/to/ckpt')"
-        )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return PatchConvNet(**kwargs)
+    return build_model(PatchConvNet, variant, pretrained, **kwargs)
 
 
 @register_backbone(timm_register=True)

@@ -28,7 +28,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from lightning_vit.backbones._layers import pad_to_multiple, window_partition, window_reverse
-from lightning_vit.backbones._registry import register_backbone
+from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["ScalableViT", "checkpoint_filter_fn"]
 
@@ -465,14 +465,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ScalableViT
 
 
 def _create_scalable_vit(variant: str, pretrained: bool = False, **kwargs) -> ScalableViT:
-    if pretrained:
-        raise ValueError(
-            f"{variant}: no weights are downloaded here; pass a file, e.g. "
-            f"lightning_vit.create_backbone({variant!r}, pretrained='path/to/checkpoint.pth')"
-        )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return ScalableViT(**kwargs)
+    return build_model(ScalableViT, variant, pretrained, **kwargs)
 
 
 @register_backbone(timm_register=True)

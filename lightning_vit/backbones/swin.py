@@ -28,7 +28,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from lightning_vit.backbones._layers import pad_to_multiple, window_partition, window_reverse
-from lightning_vit.backbones._registry import register_backbone
+from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["SwinTransformer", "checkpoint_filter_fn"]
 
@@ -576,14 +576,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SwinTransfo
 
 
 def _create_swin_transformer(variant: str, pretrained: bool = False, **kwargs) -> SwinTransformer:
-    if pretrained:
-        raise ValueError(
-            f"{variant}: no hub weights here; load a checkpoint with "
-            f"lightning_vit.create_backbone({variant!r}, pretrained='path/to/ckpt')"
-        )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return SwinTransformer(**kwargs)
+    return build_model(SwinTransformer, variant, pretrained, **kwargs)
 
 
 @register_backbone

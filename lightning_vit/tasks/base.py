@@ -52,6 +52,15 @@ class BaseTask(L.LightningModule, ABC):
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects every __init__ frame
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05))
 
+    def _set_classes(self, num_classes: int | None, class_names: list[str] | None) -> None:
+        """``self.num_classes`` and ``self.class_names`` from either argument (the CLI fills ``class_names``)."""
+        if num_classes is None and class_names is None:
+            raise ValueError("model.init_args.num_classes or model.init_args.class_names must be given")
+        if num_classes is not None and class_names is not None and num_classes != len(class_names):
+            raise ValueError(f"model.init_args.num_classes={num_classes} but {len(class_names)} class_names given")
+        self.num_classes = num_classes if num_classes is not None else len(class_names)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+
     @abstractmethod
     def configure_models(self) -> None:
         """Build ``self.backbone`` and the heads."""

@@ -42,13 +42,8 @@ class ImageClassifier(BaseTask):
         class_names: list[str] | None = None,
         **kwargs,
     ) -> None:
-        if num_classes is None and class_names is None:
-            raise ValueError("model.init_args.num_classes or model.init_args.class_names must be given")
-        if num_classes is not None and class_names is not None and num_classes != len(class_names):
-            raise ValueError(f"model.init_args.num_classes={num_classes} but {len(class_names)} class_names given")
         super().__init__(**kwargs)
-        self.num_classes = num_classes if num_classes is not None else len(class_names)
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
+        self._set_classes(num_classes, class_names)
         self.configure_models()
         self.configure_metrics()
 
