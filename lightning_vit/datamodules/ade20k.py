@@ -18,7 +18,6 @@ from typing import Any
 
 import albumentations as A
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from albumentations.augmentations.crops.transforms import BaseCrop
@@ -26,9 +25,10 @@ from albumentations.core.transforms_interface import DualTransform
 from albumentations.pytorch import ToTensorV2
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_vit.datamodules._io import DatasetError, find_images, read_image
+from lightning_vit.datamodules.base import BaseDataModule
 from lightning_vit.datamodules.demo import SHAPES, make_shapes_segmentation
 from lightning_vit.datamodules.imagenet import ImagePathDataset, default_num_workers
 from lightning_vit.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -324,7 +324,7 @@ class _Collate:
         return pad_collate(samples, self.ignore_index)
 
 
-class SegmentationFolderDataModule(L.LightningDataModule):
+class SegmentationFolderDataModule(BaseDataModule):
     """Semantic segmentation on any image folder + mask folder pairs (a user's own data).
 
     Masks are single-channel PNGs (grayscale, 16-bit or palette) named like their image; pixel values are class
@@ -450,31 +450,12 @@ class SegmentationFolderDataModule(L.LightningDataModule):
         hp = self.hparams
         return A.Compose([RescaleToFit(hp.scale), A.Normalize(mean=hp.mean, std=hp.std), ToTensorV2()])
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+    def split_batch_size(self, split: str) -> int:
         hp = self.hparams
-        batch_size = self.batch_size if train else hp.predict_batch_size if split == "predict" else hp.val_batch_size
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=_Collate(self.hparams.ignore_index),
-        )
+        return {"train": self.batch_size, "predict": hp.predict_batch_size}.get(split, hp.val_batch_size)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+    def collate_fn(self) -> _Collate:
+        return _Collate(self.hparams.ignore_index)
 
 
 class ADE20KDataModule(SegmentationFolderDataModule):

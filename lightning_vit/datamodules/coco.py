@@ -30,7 +30,6 @@ from typing import Any
 
 import albumentations as A
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from albumentations.augmentations.geometric.resize import MaxSizeTransform
@@ -39,9 +38,10 @@ from albumentations.pytorch import ToTensorV2
 from lightning.pytorch.utilities import rank_zero_info
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_vit.datamodules._io import DatasetError, read_image
+from lightning_vit.datamodules.base import BaseDataModule
 from lightning_vit.datamodules.imagenet import ImagePathDataset, default_num_workers
 from lightning_vit.datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -339,7 +339,7 @@ def collate_detection(samples: list[dict]) -> dict:
     return batch
 
 
-class COCODataModule(L.LightningDataModule):
+class COCODataModule(BaseDataModule):
     """COCO detection / instance segmentation, or a user's own COCO-format json and image folder.
 
     The training json's categories, sorted by id, define the contiguous labels ``0..K-1``: ``class_names`` (their
@@ -481,29 +481,8 @@ class COCODataModule(L.LightningDataModule):
             self.datasets[split] = self._dataset(split)
         return self.datasets[split]
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_detection,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+    def collate_fn(self):
+        return collate_detection
 
 
 class DemoDetectionDataModule(COCODataModule):

@@ -6,14 +6,14 @@ import logging
 import os
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_vit.datamodules._io import IMAGE_EXTENSIONS, DatasetError, find_images, read_image
+from lightning_vit.datamodules.base import BaseDataModule
 from lightning_vit.datamodules.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -109,7 +109,7 @@ class ImagePathDataset(Dataset):
         }
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(BaseDataModule):
     """Classification data in the ImageNet folder layout; a user's own class folders work the same way.
 
     The training split's sorted class folders define ``class_names`` (and so ``num_classes``); they are stored in
@@ -219,29 +219,6 @@ class ImageNetDataModule(L.LightningDataModule):
                 mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix, prob=hp.mixup_prob, switch_prob=hp.mixup_switch_prob,
                 label_smoothing=hp.label_smoothing, num_classes=self.num_classes,
             )  # fmt: skip
-
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """On training batches: mixup/cutmix and label smoothing as soft targets in ``batch["soft_label"]``."""
