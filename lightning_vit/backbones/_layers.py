@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 
-__all__ = ["window_partition", "window_reverse", "pad_to_multiple"]
+__all__ = ["init_linear_and_norm", "window_partition", "window_reverse", "pad_to_multiple"]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -29,3 +31,15 @@ def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> t
     c = windows.shape[-1]
     x = windows.view(-1, h // window_size, w // window_size, window_size, window_size, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)  # (B, H, W, C)
+
+
+def init_linear_and_norm(m: nn.Module) -> None:
+    """The init every family's official code uses (``model.apply``): Linear trunc-normal(0.02) with zero bias,
+    LayerNorm weight 1 and bias 0."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

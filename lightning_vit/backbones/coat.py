@@ -17,6 +17,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from lightning_vit.backbones._layers import init_linear_and_norm
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["CoaT", "checkpoint_filter_fn"]
@@ -286,7 +287,7 @@ class CoaT(nn.Module):
 
         for i in range(1, 5):
             trunc_normal_(getattr(self, f"cls_token{i}"), std=0.02)
-        self.apply(self._init_weights)
+        self.apply(init_linear_and_norm)
 
     @property
     def cpes(self) -> tuple[ConvPosEnc, ...]:
@@ -295,16 +296,6 @@ class CoaT(nn.Module):
     @property
     def crpes(self) -> tuple[ConvRelPosEnc, ...]:
         return tuple(getattr(self, f"crpe{i}") for i in range(1, 5))
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -22,6 +22,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
+from lightning_vit.backbones._layers import init_linear_and_norm
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["PatchConvNet", "checkpoint_filter_fn"]
@@ -233,22 +234,12 @@ class PatchConvNet(nn.Module):
             self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
             self.head = self._make_head(num_classes)
             trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
+        self.apply(init_linear_and_norm)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if self.multi_token:
             return nn.ModuleList([nn.Linear(self.embed_dim, 1) for _ in range(num_classes)])
         return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -292,7 +283,7 @@ class PatchConvNet(nn.Module):
             )
         self.num_classes = num_classes
         self.head = self._make_head(num_classes).to(device=self.cls_token.device, dtype=self.cls_token.dtype)
-        self.head.apply(self._init_weights)
+        self.head.apply(init_linear_and_norm)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> token grid (B, h, w, D)."""

@@ -23,11 +23,11 @@ from functools import lru_cache, partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._layers import pad_to_multiple, window_partition, window_reverse
+from lightning_vit.backbones._layers import init_linear_and_norm, pad_to_multiple, window_partition, window_reverse
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["ScalableViT", "checkpoint_filter_fn"]
@@ -336,14 +336,8 @@ class ScalableViT(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
+        init_linear_and_norm(m)
+        if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:

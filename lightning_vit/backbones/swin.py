@@ -27,7 +27,7 @@ from timm.layers import ClassifierHead, DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._layers import pad_to_multiple, window_partition, window_reverse
+from lightning_vit.backbones._layers import init_linear_and_norm, pad_to_multiple, window_partition, window_reverse
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["SwinTransformer", "checkpoint_filter_fn"]
@@ -413,17 +413,7 @@ class SwinTransformer(nn.Module):
             self.head = ClassifierHead(
                 self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC"
             )
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -458,7 +448,7 @@ class SwinTransformer(nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
         if num_classes > 0:
-            self._init_weights(self.head.fc)
+            init_linear_and_norm(self.head.fc)
 
     def _output_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if self.features_only:
