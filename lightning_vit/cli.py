@@ -118,8 +118,23 @@ class LightningViTCLI(LightningCLI):
                 lg.init_args.version = version
 
 
+TOOLS = {"export": "lightning_vit.export", "benchmark": "lightning_vit.benchmark"}
+
+
 def main(args: list[str] | None = None) -> LightningViTCLI | None:
-    """Run the CLI; ``args`` as on the command line (``None`` reads ``sys.argv``)."""
+    """Run the CLI; ``args`` as on the command line (``None`` reads ``sys.argv``).
+
+    ``fit``, ``validate``, ``test`` and ``predict`` go to the LightningCLI; ``export`` and ``benchmark`` to their
+    modules' own ``main(argv)``.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in TOOLS:
+        try:
+            return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
+        except (DatasetError, PretrainedError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
     import lightning_vit.datamodules  # noqa: F401  (registers the DataModules for class_path shorthands)
     import lightning_vit.tasks  # noqa: F401
 
