@@ -23,7 +23,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_vit.backbones.pretrained import PretrainedError
-from lightning_vit.callbacks import PredictionWriter
+from lightning_vit.callbacks import NonFiniteError, NonFiniteGuard, PredictionWriter
 from lightning_vit.datamodules import DatasetError
 
 __all__ = ["LightningViTCLI", "main"]
@@ -76,6 +76,7 @@ class LightningViTCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(NonFiniteGuard, "non_finite")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -149,3 +150,6 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
     except (DatasetError, PretrainedError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -303,32 +303,16 @@ class CoaT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^cls_token1|patch_embed1|crpe1|cpe1",
-            blocks=[
-                (r"^serial_blocks1\.(\d+)", (0,)),
-                (r"^cls_token2|patch_embed2|crpe2|cpe2", (1,)),
-                (r"^serial_blocks2\.(\d+)", (1,)),
-                (r"^cls_token3|patch_embed3|crpe3|cpe3", (2,)),
-                (r"^serial_blocks3\.(\d+)", (2,)),
-                (r"^cls_token4|patch_embed4|crpe4|cpe4", (3,)),
-                (r"^serial_blocks4\.(\d+)", (3,)),
-                (r"^parallel_blocks\.(\d+)", (4,)),
-                (r"^norm|aggregate", (99999,)),
-            ]
-            if coarse
-            else [
-                (r"^serial_blocks1\.(\d+)", None),
-                (r"^cls_token2|patch_embed2|crpe2|cpe2", (100,)),
-                (r"^serial_blocks2\.(\d+)", (101,)),
-                (r"^cls_token3|patch_embed3|crpe3|cpe3", (200,)),
-                (r"^serial_blocks3\.(\d+)", (201,)),
-                (r"^cls_token4|patch_embed4|crpe4|cpe4", (300,)),
-                (r"^serial_blocks4\.(\d+)", (301,)),
-                (r"^parallel_blocks\.(\d+)", (400,)),
-                (r"^norm|aggregate", (99999,)),
-            ],
-        )
+        """Parameter groups in block order (timm style): each stage's embedding, then its serial blocks; the parallel
+        blocks; the final norms and aggregation last. Group keys sort by stage first, so layer-wise lr decay sees the
+        blocks in the order the image flows through them."""
+        matcher = {}
+        for i in range(1, 5):
+            embed, blocks = rf"^(?:cls_token|patch_embed|crpe|cpe){i}(?:\.|$)", rf"^serial_blocks{i}\."
+            matcher[f"stage{i}"] = rf"{embed}|{blocks}" if coarse else [(embed, (0,)), (rf"{blocks}(\d+)", (1,))]
+        final = (r"^(?:norm\d|aggregate)", (99999,))
+        matcher["parallel_blocks"] = [(r"^parallel_blocks\." if coarse else r"^parallel_blocks\.(\d+)", None), final]
+        return matcher
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -1,6 +1,7 @@
-"""Callbacks: atomic checkpoints and prediction writers."""
+"""Callbacks: atomic checkpoints, the non-finite guard and prediction writers."""
 
 from lightning_vit.callbacks.checkpoint import AtomicModelCheckpoint
+from lightning_vit.callbacks.guards import NonFiniteError, NonFiniteGuard
 from lightning_vit.callbacks.prediction import PredictionWriter
 
-__all__ = ["AtomicModelCheckpoint", "PredictionWriter"]
+__all__ = ["AtomicModelCheckpoint", "NonFiniteError", "NonFiniteGuard", "PredictionWriter"]

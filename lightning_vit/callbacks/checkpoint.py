@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_vit.callbacks.guards import weights_are_finite
+
 __all__ = ["AtomicModelCheckpoint"]
+
+log = logging.getLogger(__name__)
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
@@ -17,9 +22,13 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     With ``monitor`` unset, ``save_top_k=1`` and ``filename="last"`` it keeps ``last.ckpt`` current at every save
     (each epoch, or every ``every_n_train_steps``), which is what ``fit --ckpt_path last`` resumes from. (Lightning's
     own ``save_last`` only refreshes ``last.ckpt`` when a monitored checkpoint is saved in the same step.)
+    Weights holding a NaN or Inf are never written: the previous checkpoint stays in place.
     """
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if not weights_are_finite(trainer.lightning_module):
+            log.error("not writing %s: the model's weights are not finite; the previous checkpoint is kept", filepath)
+            return
         tmp = f"{filepath}.tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:

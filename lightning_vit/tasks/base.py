@@ -1,4 +1,5 @@
-"""What every task shares: the backbone, optimizer parameter groups, lr scaling and the per-step schedule."""
+"""What every task shares: the backbone, optimizer parameter groups, lr scaling, the per-step schedule and the
+fine-tuning aids (layer-wise lr decay, a head lr, a frozen backbone for the first epochs)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,23 @@ import torch.nn as nn
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_vit.tasks.optim import build_scheduler, param_groups
+from lightning_vit.tasks.optim import backbone_layer_ids, build_scheduler, param_groups
 
 __all__ = ["BaseTask"]
 
 
 class BaseTask(L.LightningModule, ABC):
-    """A LightningModule around a registered backbone, with the papers' optimizer recipe.
+    """A LightningModule around a registered backbone, with the papers' optimizer recipe and fine-tuning aids.
+
+    The backbone's *body* is what its ``group_matcher()`` covers (stem, blocks, final norm); everything else, the
+    backbone's own classifier included, is the *head* (necks, decoders, detector heads, classifiers).
 
     Args:
         optimizer: a callable taking parameter groups, e.g. ``torch.optim.AdamW`` with its ``lr`` and
             ``weight_decay`` in the config; the default is AdamW(lr=1e-3, weight_decay=0.05).
-        lr_batch_size: the batch size the configured ``lr`` refers to: the lr is scaled by
-            ``global batch / lr_batch_size`` (global batch = per-process batch x processes x accumulation).
-            ``None`` uses the lr as given.
+        lr_batch_size: the batch size the configured ``lr`` (and ``head_lr``) refers to: every learning rate is
+            scaled by ``global batch / lr_batch_size`` (global batch = per-process batch x processes x
+            accumulation). ``None`` uses the learning rates as given.
         scheduler: ``cosine``, ``poly``, ``step`` or ``constant``, stepped every optimizer step.
         warmup_epochs: linear warmup length in epochs (fractions allowed).
         warmup_steps: linear warmup length in steps (used when ``warmup_epochs`` is 0).
@@ -33,6 +37,15 @@ class BaseTask(L.LightningModule, ABC):
         poly_power: exponent of ``poly``.
         milestones: epochs at which ``step`` multiplies the lr by ``gamma``.
         gamma: decay factor of ``step``.
+        layer_decay: layer-wise lr decay (BEiT; timm's ``--layer-decay``): with the body's layers numbered in block
+            order by its ``group_matcher()`` (0 = stem, ..., L - 1 = last block and final norm), layer ``i`` trains
+            at ``lr * layer_decay ** (L - i)`` and the head at ``lr``. Each group's whole schedule, ``warmup_lr``
+            and ``min_lr`` included, is scaled alike. ``None``: every layer at ``lr``.
+        head_lr: learning rate of the head, at ``lr_batch_size`` and on the schedule as the optimizer's ``lr``,
+            which then applies to the body (decayed further by ``layer_decay``). ``None``: the optimizer's ``lr``.
+        freeze_backbone_epochs: train only the head for this many epochs: the body is in eval mode (Dropout,
+            DropPath, BatchNorm statistics) and is not updated, no weight decay, no optimizer state; afterwards it
+            trains with the schedule where it has got to.
     """
 
     def __init__(
@@ -47,10 +60,20 @@ class BaseTask(L.LightningModule, ABC):
         poly_power: float = 1.0,
         milestones: list[int] | None = None,
         gamma: float = 0.1,
+        layer_decay: float | None = None,
+        head_lr: float | None = None,
+        freeze_backbone_epochs: int = 0,
     ) -> None:
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"model.init_args.layer_decay must be in (0, 1] or null, got {layer_decay}")
+        if head_lr is not None and head_lr <= 0:
+            raise ValueError(f"model.init_args.head_lr must be a positive learning rate or null, got {head_lr}")
+        if freeze_backbone_epochs < 0:
+            raise ValueError(f"model.init_args.freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}")
         super().__init__()
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects every __init__ frame
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05))
+        self._frozen_params: list[nn.Parameter] = []
 
     def _set_classes(self, num_classes: int | None, class_names: list[str] | None) -> None:
         """``self.num_classes`` and ``self.class_names`` from either argument (the CLI fills ``class_names``)."""
@@ -65,12 +88,22 @@ class BaseTask(L.LightningModule, ABC):
     def configure_models(self) -> None:
         """Build ``self.backbone`` and the heads."""
 
+    def _backbone_prefix(self) -> str:
+        """The backbone's parameter-name prefix in the task, e.g. ``backbone.`` or ``detector.backbone.body.``."""
+        return next(name for name, module in self.named_modules() if module is self.backbone) + "."
+
+    def backbone_layers(self) -> dict[str, int]:
+        """Layer id (block order, 0 = stem) of each body parameter, by its name in the task; the head is not listed."""
+        prefix = self._backbone_prefix()
+        return {prefix + name: i for name, i in backbone_layer_ids(self.backbone).items()}
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names (or module prefixes) excluded from weight decay, besides 1-D parameters and biases."""
         names = getattr(self.backbone, "no_weight_decay", lambda: set())()
-        return {f"backbone.{n}" for n in names}
+        prefix = self._backbone_prefix()
+        return {prefix + n for n in names}
 
-    def _lr_scale(self) -> float:
+    def _batch_lr_scale(self) -> float:
         if not self.hparams.lr_batch_size:
             return 1.0
         trainer = self.trainer
@@ -80,13 +113,33 @@ class BaseTask(L.LightningModule, ABC):
         global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
         return global_batch / self.hparams.lr_batch_size
 
+    def _lr_layers(self, lr: float) -> tuple[dict[str, int], list[float]]:
+        """Each body parameter's layer and each layer's lr scale, the head (parameters not listed) last."""
+        hp = self.hparams
+        if hp.layer_decay is None and hp.head_lr is None:
+            return {}, [1.0]
+        head = hp.head_lr / lr if hp.head_lr is not None else 1.0
+        layers = self.backbone_layers()
+        if hp.layer_decay is None:
+            layers, scales = dict.fromkeys(layers, 0), [1.0]
+        else:
+            num_layers = max(layers.values()) + 1
+            scales = [hp.layer_decay ** (num_layers - i) for i in range(num_layers)]
+        rank_zero_info(
+            f"lr scales: backbone x{scales[0]:.3g} (stem) .. x{scales[-1]:.3g} (last block) over {len(scales)} "
+            f"layers, head x{head:.3g}"
+        )
+        return layers, [*scales, head]
+
     def configure_optimizers(self) -> dict:
         probe = self.optimizer_factory([nn.Parameter(torch.zeros(1))])
         weight_decay = probe.defaults.get("weight_decay", 0.0)
-        optimizer = self.optimizer_factory(param_groups(self, weight_decay, self.no_weight_decay()))
-        scale = self._lr_scale()
-        for group in optimizer.param_groups:
-            group["lr"] *= scale
+        lr = probe.defaults["lr"]
+        layers, lr_scales = self._lr_layers(lr)
+        optimizer = self.optimizer_factory(param_groups(self, weight_decay, self.no_weight_decay(), layers, lr_scales))
+        scale = self._batch_lr_scale()
+        for group in optimizer.param_groups:  # before the scheduler, which takes these as the peak learning rates
+            group["lr"] *= scale * group["lr_scale"]
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = (
@@ -94,8 +147,9 @@ class BaseTask(L.LightningModule, ABC):
         )
         warmup = math.ceil(hp.warmup_epochs * steps_per_epoch) if hp.warmup_epochs else hp.warmup_steps
         rank_zero_info(
-            f"optimizer {type(optimizer).__name__}: peak lr {optimizer.param_groups[0]['lr']:.3g} "
-            f"(x{scale:.3g} for the batch), {hp.scheduler} schedule over {total} steps, {warmup} warmup steps"
+            f"optimizer {type(optimizer).__name__}: peak lr {lr * scale:.3g} (x{scale:.3g} for the batch), "
+            f"{len(optimizer.param_groups)} parameter groups, {hp.scheduler} schedule over {total} steps, "
+            f"{warmup} warmup steps"
         )
         scheduler = build_scheduler(
             optimizer,
@@ -109,3 +163,33 @@ class BaseTask(L.LightningModule, ABC):
             gamma=hp.gamma,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_epoch_start(self) -> None:
+        """Freeze the body for the first ``freeze_backbone_epochs`` epochs (a resumed run included), then release it.
+
+        Freezing keeps ``requires_grad`` and the optimizer's groups as they are: DDP registers its gradient hooks when
+        it wraps the model, and a checkpoint from either side of the boundary loads into the same groups. Instead
+        the body's gradients are dropped before each optimizer step (``on_before_optimizer_step``), so optimizers
+        skip it altogether: no update, no weight decay, no moment estimates.
+        """
+        epochs = self.hparams.freeze_backbone_epochs
+        if not epochs:
+            return
+        frozen = self.current_epoch < epochs
+        if frozen and not self._frozen_params:
+            rank_zero_info(f"epoch {self.current_epoch}: backbone frozen until epoch {epochs}, training the head")
+        elif not frozen and self._frozen_params:
+            rank_zero_info(f"epoch {self.current_epoch}: backbone unfrozen")
+        layers = self.backbone_layers()
+        self._frozen_params = [p for name, p in self.named_parameters() if name in layers] if frozen else []
+        self.backbone.train(not frozen)
+        if frozen:
+            body = {id(p) for p in self._frozen_params}
+            for child in self.backbone.children():  # the backbone's own classifier is head: it stays in train mode
+                if any(id(p) not in body for p in child.parameters()):
+                    child.train()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the frozen body's gradients (see ``on_train_epoch_start``)."""
+        for p in self._frozen_params:
+            p.grad = None
