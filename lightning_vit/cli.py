@@ -17,8 +17,10 @@ import importlib
 import inspect
 import re
 import sys
+import tempfile
 from pathlib import Path
 
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -119,7 +121,56 @@ class LightningViTCLI(LightningCLI):
                 lg.init_args.version = version
 
 
+def _cli(args: list[str] | None) -> LightningViTCLI:
+    return LightningViTCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_class=ConciseParser,
+        args=args,
+    )
+
+
 TOOLS = {"export": "lightning_vit.export", "benchmark": "lightning_vit.benchmark"}
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name X`` or ``--name=X`` in ``argv``."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def config_from_checkpoint(ckpt_path: str | Path) -> dict:
+    """The ``model`` and ``data`` sections a run was trained with, from its checkpoint's hyperparameters.
+
+    This is what lets ``predict`` / ``validate`` / ``test`` run from ``--ckpt_path`` alone: the task, its class
+    names and the DataModule (its eval transform; ``--data.predict_root`` points it at new images) come back as
+    trained. Raises a PretrainedError naming the file when it is not a checkpoint of this project.
+    """
+    import torch
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise PretrainedError(f"ckpt_path: {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise PretrainedError(f"ckpt_path: {path} is not a readable Lightning checkpoint ({err})") from None
+    config = {}
+    for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        hparams = ckpt.get(key) if isinstance(ckpt, dict) else None
+        if not isinstance(hparams, dict) or "_class_path" not in hparams:
+            raise PretrainedError(
+                f"ckpt_path: {path} has no {key} with a _class_path (a checkpoint written by `lightning_vit fit` "
+                "was expected); pass --config with the run's config.yaml instead"
+            )
+        init_args = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        config[section] = {"class_path": hparams["_class_path"], "init_args": init_args}
+    return config
 
 
 def main(args: list[str] | None = None) -> LightningViTCLI | None:
@@ -140,13 +191,13 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
     import lightning_vit.tasks  # noqa: F401
 
     try:
-        return LightningViTCLI(
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            parser_class=ConciseParser,
-            args=args,
-        )
+        ckpt_path = _option(argv, "--ckpt_path")
+        if argv and argv[0] in ("validate", "test", "predict") and ckpt_path and _option(argv, "--config") is None:
+            with tempfile.TemporaryDirectory() as tmp:  # the run's own settings, then the command line's
+                config = Path(tmp) / "from_checkpoint.yaml"
+                config.write_text(yaml.safe_dump(config_from_checkpoint(ckpt_path)))
+                return _cli([argv[0], "--config", str(config), *argv[1:]])
+        return _cli(args)
     except (DatasetError, PretrainedError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

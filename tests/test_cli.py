@@ -72,6 +72,26 @@ def test_fit_validate_test_predict(image_folder: Path, tmp_path: Path, monkeypat
         assert r["top1_class"] in {"circle", "square", "star"} and r["top2_class"] != r["top1_class"]
         assert 1.0 >= float(r["top1_prob"]) >= float(r["top2_prob"]) >= 0.0
 
+    # the checkpoint alone (no config, another directory, the dataset gone) gives the same predictions
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    alone = elsewhere / "alone.csv"
+    _run(
+        "predict", f"--ckpt_path={last}", f"--data.init_args.predict_root={predict_root}",
+        f"--prediction_writer.output={alone}", "--prediction_writer.top_k=2", "--trainer.enable_progress_bar=false",
+    )  # fmt: skip
+    with alone.open() as f:  # fp32 here, bf16-mixed from the config above
+        alone_rows = sorted(csv.DictReader(f), key=lambda r: r["path"])
+    assert len(alone_rows) == len(rows)
+    for a, b in zip(alone_rows, sorted(rows, key=lambda r: r["path"])):
+        assert a["path"] == b["path"] and a["top1_class"] == b["top1_class"]
+        assert abs(float(a["top1_prob"]) - float(b["top1_prob"])) < 1e-2
+    assert not (elsewhere / "data").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        _run("predict", f"--ckpt_path={tmp_path / 'nope.ckpt'}", f"--data.init_args.predict_root={predict_root}")
+    assert exit_info.value.code == 2
+
 
 def test_resume_last_continues_the_same_run(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)

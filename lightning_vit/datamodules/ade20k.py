@@ -520,5 +520,6 @@ class DemoSegmentationDataModule(ADE20KDataModule):
         image_size: tuple[int, int] = (96, 128),
         **kwargs,
     ) -> None:
-        make_shapes_segmentation(root, num_train=num_train, num_val=num_val, image_size=image_size)
+        if kwargs.get("predict_root") is None:  # predicting on one's own images needs no generated set
+            make_shapes_segmentation(root, num_train=num_train, num_val=num_val, image_size=image_size)
         super().__init__(root=root, class_names=["background", *SHAPES], **kwargs)

@@ -182,7 +182,8 @@ class DemoShapesDataModule(ImageNetDataModule):
     def __init__(
         self, root: str = "data/demo/shapes", train_per_class: int = 300, val_per_class: int = 50, **kwargs
     ) -> None:
-        make_shapes_classification(root, train_per_class=train_per_class, val_per_class=val_per_class)
+        if kwargs.get("predict_root") is None:  # predicting on one's own images needs no generated set
+            make_shapes_classification(root, train_per_class=train_per_class, val_per_class=val_per_class)
         super().__init__(root=root, **kwargs)
 
 
