@@ -60,6 +60,8 @@ BLOCK_ORDER = {
         ["parallel_blocks.0.", "norm2.", "norm3.", "norm4.", "aggregate."],
     ],
 }
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -13,8 +13,8 @@ __all__ = ["init_linear_and_norm", "window_partition", "window_reverse", "pad_to
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pad a channels-last map (B, H, W, C) at the bottom and right so H and W are multiples of ``multiple``."""
     _, h, w, _ = x.shape
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
-    if pad_h or pad_w:
+    pad_h, pad_w = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
+    if pad_h or pad_w or torch.jit.is_tracing():  # a trace keeps the pad, so other sizes export too
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x
 

@@ -112,8 +112,8 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, ceil(H/p), ceil(W/p), C)."""
         p = self.patch_size
-        pad_h, pad_w = -x.shape[-2] % p, -x.shape[-1] % p
-        if pad_h or pad_w:
+        pad_h, pad_w = (p - x.shape[-2] % p) % p, (p - x.shape[-1] % p) % p
+        if pad_h or pad_w or torch.jit.is_tracing():  # a trace keeps the pad, so other sizes export too
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))  # (B, H/p, W/p, C)
 
@@ -289,7 +289,8 @@ class SwinTransformerStage(nn.Module):
         shift_mask = None
         if self.shift_size and len(self.blocks) > 1:
             ws = self.window_size
-            hp, wp = -(-x.shape[1] // ws) * ws, -(-x.shape[2] // ws) * ws
+            # (n + ws - 1) // ws, not -(-n // ws): traced sizes export to ONNX with truncating division
+            hp, wp = (x.shape[1] + ws - 1) // ws * ws, (x.shape[2] + ws - 1) // ws * ws
             autocast = torch.is_autocast_enabled(x.device.type)
             dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # the dtype of q, k, v
             shift_mask = shift_window_mask(hp, wp, ws, self.shift_size, x.device, dtype)  # (nW, N, N)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
 
 from lightning_vit.tasks.optim import backbone_layer_ids, build_scheduler, param_groups
 
@@ -74,6 +75,18 @@ class BaseTask(L.LightningModule, ABC):
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects every __init__ frame
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05))
         self._frozen_params: list[nn.Parameter] = []
+        self.eval_losses = nn.ModuleDict({"val_loss": MeanMetric(), "test_loss": MeanMetric()})
+
+    def log_eval_loss(self, name: str, loss: torch.Tensor, batch_size: int) -> None:
+        """Log ``val_loss`` / ``test_loss`` as the mean over every sample of the epoch, exact across processes.
+
+        Lightning's ``sync_dist`` mean divides an integer sample count by the number of processes, which truncates
+        when the ranks hold unequal shares of the set (7 images on 2 processes average over 3 per rank); a
+        torchmetrics MeanMetric sums the values and the weights over the processes instead.
+        """
+        metric = self.eval_losses[name]
+        metric.update(loss.detach().float(), weight=batch_size)
+        self.log(name, metric, batch_size=batch_size)
 
     def _set_classes(self, num_classes: int | None, class_names: list[str] | None) -> None:
         """``self.num_classes`` and ``self.class_names`` from either argument (the CLI fills ``class_names``)."""

@@ -83,7 +83,7 @@ class ImageClassifier(BaseTask):
         logits = self(batch["image"])
         loss = F.cross_entropy(logits.float(), batch["label"])
         metrics.update(logits, batch["label"])
-        self.log(f"{prefix}loss", loss, sync_dist=True, batch_size=len(logits))
+        self.log_eval_loss(f"{prefix}loss", loss, len(logits))
         self.log_dict(metrics, prog_bar=True, batch_size=len(logits))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -28,6 +29,10 @@ __all__ = ["TASKS", "load_task", "read_lightning_checkpoint", "task_from_checkpo
 TASKS: tuple[type[BaseTask], ...] = (ImageClassifier, SemanticSegmenter, ObjectDetector)
 
 
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def read_lightning_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The checkpoint dict of ``path``, read with ``weights_only=True``.
 
@@ -41,13 +46,16 @@ def read_lightning_checkpoint(path: str | Path, map_location: str | torch.device
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown objects"
+        if not zipfile.is_zipfile(path):
+            message = f"ckpt_path: {path} is not a readable PyTorch checkpoint: {_first_line(err)}"
+            raise PretrainedError(message) from err
+        unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         raise PretrainedError(
             f"ckpt_path: refusing to load {path}: it holds Python objects that weights-only loading does not build "
             f"({unsafe}); expected a checkpoint whose hyperparameters are plain values, as the CLI writes them"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise PretrainedError(f"ckpt_path: {path} is not a readable PyTorch checkpoint: {err}") from err
+        raise PretrainedError(f"ckpt_path: {path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
     if not (isinstance(checkpoint, dict) and {"state_dict", "hyper_parameters"} <= checkpoint.keys()):
         keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise PretrainedError(
@@ -71,7 +79,9 @@ def _task_class(hparams: dict, path: Path) -> type[BaseTask]:
         cls = getattr(sys.modules.get(module), name, None)  # only classes already imported: a checkpoint runs no code
         if not (isinstance(cls, type) and issubclass(cls, BaseTask) and not inspect.isabstract(cls)):
             expected = ", ".join(f"{c.__module__}.{c.__name__}" for c in TASKS)
-            raise PretrainedError(f"ckpt_path: {path} is a checkpoint of {class_path}, not a task (expected {expected})")
+            raise PretrainedError(
+                f"ckpt_path: {path}: unknown task {class_path} (expected {expected} or another imported BaseTask)"
+            )
         return cls
     keys = {k for k in hparams if not k.startswith("_")}
     fits = [cls for cls in TASKS if keys <= _init_params(cls)]
@@ -102,7 +112,8 @@ def task_from_checkpoint(checkpoint: dict, path: str | Path = "checkpoint") -> B
     try:
         task = instantiate_module(cls, kwargs)  # builds the nested ``optimizer: {class_path, init_args}`` as the CLI
     except Exception as err:  # jsonargparse and the tasks' own checks raise many error types
-        raise PretrainedError(f"ckpt_path: {path}: cannot build {cls.__name__} from its hyperparameters: {err}") from err
+        message = f"ckpt_path: {path}: cannot build {cls.__name__} from its hyperparameters: {err}"
+        raise PretrainedError(message) from err
     task.on_load_checkpoint(checkpoint)
     try:
         task.load_state_dict(checkpoint["state_dict"], strict=True)

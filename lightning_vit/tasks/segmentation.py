@@ -246,7 +246,7 @@ class SemanticSegmenter(BaseTask):
             logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, mask, ignore_index=self.hparams.ignore_index, reduction="none").mean()
         metrics.update(logits.argmax(dim=1), mask)
-        self.log(f"{prefix}loss", loss, sync_dist=True, batch_size=len(mask))
+        self.log_eval_loss(f"{prefix}loss", loss, len(mask))
 
     def _log_scores(self, metrics: SegmentationMetrics, prefix: str) -> None:
         scores = metrics.compute()  # synced across processes: every rank logs the same values
