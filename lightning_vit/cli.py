@@ -25,7 +25,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_vit.backbones.pretrained import PretrainedError
-from lightning_vit.callbacks import NonFiniteError, NonFiniteGuard, PredictionWriter
+from lightning_vit.callbacks import NonFiniteError, NonFiniteGuard, PredictionWriter, RandomState
 from lightning_vit.datamodules import DatasetError
 
 __all__ = ["LightningViTCLI", "main"]
@@ -79,6 +79,7 @@ class LightningViTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(NonFiniteGuard, "non_finite")
+        parser.add_lightning_class_args(RandomState, "random_state")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]

@@ -57,8 +57,9 @@ def test_datamodule_reads_the_imagenet_layout(image_folder: Path) -> None:
 def test_mixup_makes_soft_targets_on_training_batches(image_folder: Path) -> None:
     dm = _module(image_folder, mixup=0.8, cutmix=1.0, label_smoothing=0.1)
     dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
     dm.trainer = type("T", (), {"training": True})()
-    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    batch = dm.on_after_batch_transfer(batch, 0)
     soft = batch["soft_label"]
     assert soft.shape == (4, 3)
     torch.testing.assert_close(soft.sum(1), torch.ones(4))

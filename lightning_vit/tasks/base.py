@@ -155,6 +155,12 @@ class BaseTask(L.LightningModule, ABC):
             group["lr"] *= scale * group["lr_scale"]
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
+        # Estimating builds the training loader before a resumed run restores the loops, and the fit loop would then
+        # keep that loader without applying its saved state; dropping it makes the fit loop build it again after the
+        # restore, so a run resumed from a mid-epoch checkpoint continues with the next batch (Lightning 2.x).
+        fit_loop = getattr(self.trainer, "fit_loop", None)
+        if getattr(fit_loop, "_combined_loader", None) is not None:
+            fit_loop._combined_loader = None
         steps_per_epoch = (
             total / self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 0
         )

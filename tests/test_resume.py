@@ -1,0 +1,105 @@
+"""A fit killed with SIGKILL part-way into an epoch and resumed with ``--ckpt_path last`` ends with exactly the
+weights, optimizer, scheduler and EMA state of the uninterrupted run; two runs with one seed are identical."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from conftest import CONFIGS
+
+STEPS_PER_EPOCH = 3  # 13 training images, batches of 4, the last partial batch dropped
+KILL_AT_STEP = 5  # as the third (last) batch of the second epoch starts; the last checkpoint holds 5 steps
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process as the training step ``step`` starts: no hook, no cleanup, like a lost node."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _config(tmp_path: Path, data: Path, name: str, workers: int, kill: bool = False) -> Path:
+    """The demo recipe on tiny data, with every random draw a run makes: RandAugment, random erasing, mixup /
+    cutmix, drop path; EMA weights and a checkpoint every step."""
+    config = yaml.safe_load((CONFIGS / "demo" / "coat_lite.yaml").read_text())
+    trainer = config["trainer"]
+    trainer.update(precision="32-true", max_epochs=3, num_sanity_val_steps=0, enable_progress_bar=False)
+    trainer["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": "runs", "name": name},
+    }
+    every_step = {"filename": "last", "every_n_train_steps": 1}
+    trainer["callbacks"] = [
+        {"class_path": "lightning_vit.callbacks.AtomicModelCheckpoint", "init_args": every_step},
+        {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}},
+    ]
+    if kill:
+        trainer["callbacks"].append({"class_path": "test_resume.KillAtStep", "init_args": {"step": KILL_AT_STEP}})
+    model = config["model"]["init_args"]
+    model.update(backbone="test_coat_lite", backbone_kwargs={"drop_path_rate": 0.2})
+    config["data"]["init_args"].update(
+        root=str(data), image_size=32, batch_size=4, num_workers=workers, auto_augment="rand-m9-mstd0.5-inc1",
+        re_prob=0.5, mixup=0.8, cutmix=1.0,
+    )  # fmt: skip
+    path = tmp_path / f"{name}{'_kill' if kill else ''}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _fit(tmp_path: Path, config: Path, *args: str) -> int:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lightning_vit", "fit", "--config", str(config), *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600).returncode
+
+
+def _last(tmp_path: Path, name: str) -> dict:
+    return torch.load(tmp_path / "runs" / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def _assert_equal(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder: Path, tmp_path: Path) -> None:
+    assert _fit(tmp_path, _config(tmp_path, image_folder, "whole", workers=0)) == 0
+    killed = _fit(tmp_path, _config(tmp_path, image_folder, "resumed", workers=2, kill=True))
+    assert killed == -signal.SIGKILL
+    partial = _last(tmp_path, "resumed")
+    assert partial["global_step"] == KILL_AT_STEP and partial["epoch"] == 1  # mid-epoch: 2 of 3 batches done
+
+    assert _fit(tmp_path, _config(tmp_path, image_folder, "resumed", workers=2), "--ckpt_path", "last") == 0
+    whole, resumed = _last(tmp_path, "whole"), _last(tmp_path, "resumed")
+    assert whole["global_step"] == resumed["global_step"] == 3 * STEPS_PER_EPOCH
+    assert not (tmp_path / "runs" / "resumed" / "version_1").exists()  # resumed in its own run directory
+    # with EMA, Lightning keeps the averaged weights in state_dict and the trained ones in current_model_state
+    live, ema = whole["current_model_state"], whole["state_dict"]
+    assert any(not torch.equal(live[k], ema[k]) for k in live)
+    for key in ("state_dict", "current_model_state", "averaging_state", "optimizer_states", "lr_schedulers"):
+        _assert_equal(resumed[key], whole[key], key)
+    _assert_equal(resumed["callbacks"]["EMAWeightAveraging"], whole["callbacks"]["EMAWeightAveraging"], "ema")
+    # and the run really was random: a different seed gives other weights
+    assert _fit(tmp_path, _config(tmp_path, image_folder, "other", workers=0), "--seed_everything", "1") == 0
+    other = _last(tmp_path, "other")["state_dict"]
+    assert any(not torch.equal(other[k], whole["state_dict"][k]) for k in other)
