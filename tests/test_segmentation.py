@@ -314,6 +314,7 @@ FAST = [
     "--model.init_args.backbone=test_coat_lite",
     "--model.init_args.head_channels=16",
     "--model.init_args.aux_channels=8",
+    "--model.init_args.pretrained=null",
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     "--trainer.precision=32",
