@@ -25,6 +25,24 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     Weights holding a NaN or Inf are never written: the previous checkpoint stays in place.
     """
 
+    def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None, **kwargs) -> None:
+        super().__init__(dirpath=dirpath, filename=filename, **kwargs)
+        self._fixed_dirpath = None if dirpath is None else str(dirpath)
+
+    @property
+    def state_key(self) -> str:
+        """Also keyed by file name and a fixed folder: a run may keep ``last`` in its own run directory and in a
+        fixed place (the demo does) with otherwise equal settings."""
+        return self._generate_state_key(
+            monitor=self.monitor,
+            mode=self.mode,
+            every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs,
+            train_time_interval=self._train_time_interval,
+            filename=self.filename,
+            dirpath=self._fixed_dirpath,
+        )
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if not weights_are_finite(trainer.lightning_module):
             log.error("not writing %s: the model's weights are not finite; the previous checkpoint is kept", filepath)
