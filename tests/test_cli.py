@@ -100,7 +100,7 @@ def test_resume_last_continues_the_same_run(image_folder: Path, tmp_path: Path, 
     _run("fit", "--config", config, *FAST, *data, "--trainer.max_epochs=1")
     _run("fit", "--config", config, *FAST, *data, "--trainer.max_epochs=2", "--ckpt_path=last")
     runs = sorted(p.name for p in (tmp_path / "runs" / "demo_coat_lite").iterdir())
-    assert runs == ["version_0"]
+    assert runs == ["last.ckpt", "version_0"]  # the demo's fixed-path copy is overwritten, not versioned
     ckpt = torch.load(tmp_path / "runs/demo_coat_lite/version_0/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
 
