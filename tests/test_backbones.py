@@ -105,3 +105,32 @@ def test_state_dict_round_trip_through_a_file(name: str, tmp_path) -> None:
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "mask_grad", "dq", "dv"),
+    [
+        (torch.float32, False, 16, 16),
+        (torch.float32, True, 16, 16),
+        (torch.bfloat16, False, 16, 8),
+        (torch.bfloat16, True, 8, 16),
+    ],
+)
+def test_attention_routes_agree_with_float64_reference(dtype, mask_grad, dq, dv) -> None:
+    """Every route of the shared ``attention`` (SDPA, SDPA with padded head widths, the plain ops CPU takes for
+    bf16 or a learned mask) computes softmax(q k^T s + m) v and its gradients."""
+    from lightning_vit.backbones._layers import attention
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 10, dq), torch.randn(2, 3, 12, dq)
+    v, mask = torch.randn(2, 3, 12, dv), torch.randn(1, 3, 10, 12)
+    inputs = [t.requires_grad_() for t in (q, k, v, mask)]
+    out = attention(*(t.to(dtype) for t in (q, k, v)), 0.3, mask.to(dtype) if mask_grad else mask.detach().to(dtype))
+    ref = torch.softmax(q.double() @ k.double().transpose(-2, -1) * 0.3 + mask.double(), -1) @ v.double()
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    grad_out = torch.randn_like(ref)
+    grads = torch.autograd.grad(out.double(), inputs[:3], grad_out)
+    ref_grads = torch.autograd.grad(ref, inputs[:3], grad_out)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r.double(), **{k: 5 * t for k, t in tol.items()})

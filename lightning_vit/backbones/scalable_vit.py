@@ -22,12 +22,17 @@ from functools import lru_cache, partial
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._layers import init_linear_and_norm, pad_to_multiple, window_partition, window_reverse
+from lightning_vit.backbones._layers import (
+    attention,
+    init_linear_and_norm,
+    pad_to_multiple,
+    window_partition,
+    window_reverse,
+)
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["ScalableViT", "checkpoint_filter_fn"]
@@ -41,29 +46,6 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W, C) view."""
     return x.permute(0, 2, 3, 1)
-
-
-def _attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    dropout_p: float = 0.0,
-    attn_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``scaled_dot_product_attention`` that keeps its fused kernels when v's head width differs from q's and k's.
-
-    The fused CPU and CUDA flash kernels need one head width for q, k and v; SSA with rc != 1 has two, and PyTorch
-    would fall back to its unfused path (2-3x slower on CPU). Zero-padding the narrower side is exact: zero q/k
-    channels add nothing to the scores, zero v channels give zero outputs, which are sliced off.
-    """
-    dq, dv = q.shape[-1], v.shape[-1]
-    if dq > dv:
-        v = F.pad(v, (0, dq - dv))
-    elif dq < dv:
-        q, k = F.pad(q, (0, dv - dq)), F.pad(k, (0, dv - dq))
-    x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
-    return x[..., :dv]
 
 
 @lru_cache(maxsize=64)
@@ -152,7 +134,7 @@ class IWSA(nn.Module):
         mask = _window_key_mask(h, w, ws, x.device, q.dtype)
         if mask is not None:
             mask = mask.repeat(b, 1, 1, 1)  # (B*nW, 1, 1, ws*ws), windows batch-major as window_partition
-        x = _attention(q, k, v, self.scale, self.attn_drop if self.training else 0.0, mask)
+        x = attention(q, k, v, self.scale, mask, self.attn_drop if self.training else 0.0)
         x = window_reverse(x.transpose(1, 2).reshape(-1, ws * ws, c), ws, hp, wp)  # (B, Hp, Wp, C)
         x = x[:, :h, :w] + lim
         return self.proj_drop(self.proj(x))
@@ -216,7 +198,7 @@ class SSA(nn.Module):
             v = self.v(kv).view(b, kv.shape[1], nh, -1).transpose(1, 2)  # (B, nh, N', C/nh)
         else:
             k, v = self.kv(x).view(b, h * w, 2, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, N, C/nh)
-        x = _attention(q, k, v, self.scale, self.attn_drop if self.training else 0.0)
+        x = attention(q, k, v, self.scale, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, h, w, c)  # (B, H, W, C)
         return self.proj_drop(self.proj(x))
 

@@ -27,7 +27,13 @@ from timm.layers import ClassifierHead, DropPath, Mlp, to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._layers import init_linear_and_norm, pad_to_multiple, window_partition, window_reverse
+from lightning_vit.backbones._layers import (
+    attention,
+    init_linear_and_norm,
+    pad_to_multiple,
+    window_partition,
+    window_reverse,
+)
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["SwinTransformer", "checkpoint_filter_fn"]
@@ -166,9 +172,7 @@ class WindowAttention(nn.Module):
             nw = shift_mask.shape[0]
             attn_mask = shift_mask.to(q.dtype).unsqueeze(1) + bias  # (nW, nH, N, N)
             attn_mask = attn_mask.expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)  # (B*nW, nH, N, N)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )
+        x = attention(q, k, v, self.scale, attn_mask, self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(bw, n, c)  # (B*nW, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -219,8 +223,11 @@ class SwinTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, shift_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C); ``shift_mask`` is the stage's mask for the padded size (shifting blocks)."""
+        b, h, w, c = x.shape
         x = x + self.drop_path1(self._window_attention(self.norm1(x), shift_mask))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x.reshape(b, h * w, c)  # CPU bf16 Linear is ~1.5x faster on 3-d than on 4-d input (README Performance)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x.reshape(b, h, w, c)
 
 
 class PatchMerging(nn.Module):
@@ -239,8 +246,8 @@ class PatchMerging(nn.Module):
         x = pad_to_multiple(x, 2)
         b, h, w, c = x.shape
         # channel order x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2], as the official concat
-        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
-        return self.reduction(self.norm(x))
+        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2 * (w // 2), 4 * c)
+        return self.reduction(self.norm(x)).view(b, h // 2, w // 2, -1)
 
 
 class SwinTransformerStage(nn.Module):
