@@ -401,16 +401,23 @@ def _step_fn(
     def train() -> None:
         with autocast():
             loss = workload.loss(model)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        _backward_and_step(loss, optimizer, scaler)
         optimizer.zero_grad(set_to_none=True)
 
     return train, optimizer
+
+
+def _backward_and_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> None:
+    """Backward and optimizer step, through the GradScaler when there is one (fp16)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _model_name(name: str, args: argparse.Namespace) -> str:
@@ -582,13 +589,7 @@ def run_loop(args: argparse.Namespace, device: torch.device) -> list[dict]:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = plain_model.training_step(batch, i)
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            _backward_and_step(loss, optimizer, scaler)
             scheduler.step()
         _sync(device)
         return starts
