@@ -174,6 +174,17 @@ def config_from_checkpoint(ckpt_path: str | Path) -> dict:
     return config
 
 
+def _user_error_cause(err: BaseException) -> BaseException | None:
+    """The DatasetError or PretrainedError that ``err`` was raised from (its cause / context chain), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (DatasetError, PretrainedError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> LightningViTCLI | None:
     """Run the CLI; ``args`` as on the command line (``None`` reads ``sys.argv``).
 
@@ -201,6 +212,12 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
         return _cli(args)
     except (DatasetError, PretrainedError) as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as err:  # jsonargparse wraps what a class's __init__ raised while instantiating the config
+        cause = _user_error_cause(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -127,6 +127,15 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> Non
         _run("fit", "--config", config, "--data.init_args.batch_size=many")
     assert "Expected a <class 'int'>" in capsys.readouterr().err
 
+    # the segmentation demo starts from the classification demo's checkpoint; without it, one line says so
+    with pytest.raises(SystemExit) as exit_info:
+        _run("fit", "--config", str(CONFIGS / "demo" / "upernet_coat_lite.yaml"), "--trainer.max_epochs=1")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1] == (
+        f"error: pretrained: runs/demo_coat_lite/last.ckpt is not a file (expected a "
+        f".pth/.pt/.bin/.safetensors/.ckpt, looked in {tmp_path})"
+    )
+
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_parses(path: Path, capsys) -> None:

@@ -317,6 +317,7 @@ def test_metric_counts_an_image_once_across_processes(monkeypatch) -> None:
 FAST = [
     "--model.init_args.backbone=test_coat_lite",
     "--model.init_args.fpn_channels=32",
+    "--model.init_args.pretrained=null",
     "--model.init_args.detections_per_img=10",
     f"--model.init_args.detector_kwargs={json.dumps(TINY_DETECTOR)}",
     "--trainer.accelerator=cpu",

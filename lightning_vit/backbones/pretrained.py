@@ -37,7 +37,9 @@ def read_checkpoint(source: str | Path) -> dict:
             raise PretrainedError(f"pretrained: cannot download {source}: {err}") from err
     path = Path(source)
     if not path.is_file():
-        raise PretrainedError(f"pretrained: {path} is not a file (expected a .pth/.pt/.bin/.safetensors/.ckpt)")
+        where = "" if path.is_absolute() else f", looked in {Path.cwd()}"
+        expected = ".pth/.pt/.bin/.safetensors/.ckpt"
+        raise PretrainedError(f"pretrained: {path} is not a file (expected a {expected}{where})")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
