@@ -357,6 +357,11 @@ class SegmentationFolderDataModule(BaseDataModule):
             image's prediction does not depend on the other images).
         num_workers: DataLoader workers per process; ``None`` picks from the CPUs available (at most 8).
         pin_memory: ``None`` pins when CUDA is available.
+        prefetch_factor: batches each DataLoader worker loads ahead; ``None`` keeps PyTorch's default (2). Unused
+            without workers.
+        skip_bad_samples: replace a sample whose files cannot be read (corrupt, truncated, empty or missing) by the
+            next readable one instead of stopping the run; each is logged, and the count per training epoch and
+            validation / test run is reported as ``<split>_skipped_samples`` (see data/README.md).
         mean: normalisation mean (RGB, 0-1).
         std: normalisation std.
     """
@@ -386,6 +391,8 @@ class SegmentationFolderDataModule(BaseDataModule):
         predict_batch_size: int = 1,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
+        prefetch_factor: int | None = None,
+        skip_bad_samples: bool = False,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
@@ -405,6 +412,8 @@ class SegmentationFolderDataModule(BaseDataModule):
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.skip_bad_samples = skip_bad_samples
         self.datasets: dict[str, Dataset] = {}
 
     @property

@@ -36,6 +36,7 @@ from albumentations.augmentations.geometric.resize import MaxSizeTransform
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.pytorch import ToTensorV2
 from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
@@ -66,13 +67,14 @@ LAYOUT_HELP = (
     "`python -m lightning_vit fit --config configs/demo/mask_rcnn_coat_lite.yaml`"
 )
 DEFAULT_TRAIN_SCALES = tuple(range(480, 801, 32))
+EXIF_ORIENTATION = 0x0112
 
 
 def load_coco(path: str | Path, key: str) -> COCO:
     """Read a COCO-format json with pycocotools (its progress prints silenced).
 
     Raises:
-        DatasetError: naming ``key`` and the file when it is missing or not a COCO json.
+        DatasetError: naming ``key`` and the file when it is missing, not a COCO json or lists no images.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,6 +86,8 @@ def load_coco(path: str | Path, key: str) -> COCO:
     missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
     if not isinstance(dataset, dict) or missing:
         raise DatasetError(f"{key}: {path} is not a COCO instances json (missing {missing})")
+    if not dataset["images"]:
+        raise DatasetError(f'{key}: {path} lists no images (expected at least one entry in its "images")')
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -249,9 +253,7 @@ class COCODetectionDataset(Dataset):
         image = read_image(path)
         height, width = image.shape[:2]
         if (height, width) != (info["height"], info["width"]):
-            raise DatasetError(
-                f"{path} is {height}x{width} pixels but its annotation json says {info['height']}x{info['width']}"
-            )
+            raise DatasetError(_size_mismatch(path, (height, width), (info["height"], info["width"])))
         anns = self.annotations[image_id]
         sample = {"image_id": image_id, "orig_size": torch.tensor([height, width]), "path": str(path)}
         if self.train:
@@ -310,6 +312,24 @@ class COCODetectionDataset(Dataset):
         return target
 
 
+def _size_mismatch(path: Path, decoded: tuple[int, int], listed: tuple[int, int]) -> str:
+    """The error for an image whose decoded (h, w) is not the json's, with the fix when EXIF rotation explains it."""
+    message = (
+        f"{path} is {decoded[0]}x{decoded[1]} pixels (height x width, EXIF orientation applied) but its annotation "
+        f"json says {listed[0]}x{listed[1]}"
+    )
+    if decoded[::-1] == listed:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+        if orientation != 1:
+            message += (
+                f"; the file's EXIF orientation {orientation} rotates it, so the json describes the stored, unrotated "
+                "pixels: rotate the pixels and drop the tag (e.g. `exiftran -ai`, or PIL's ImageOps.exif_transpose), "
+                "or annotate the image as it is displayed"
+            )
+    return message
+
+
 def _clip_xywh(bbox: list[float], width: int, height: int) -> list[float] | None:
     """A json xywh box as xyxy clipped to the image; None when nothing of positive area is left."""
     x, y, w, h = bbox
@@ -365,6 +385,11 @@ class COCODataModule(BaseDataModule):
         batch_size: images per process and step.
         num_workers: DataLoader workers per process; ``None`` picks from the CPUs available (at most 8).
         pin_memory: ``None`` pins when CUDA is available.
+        prefetch_factor: batches each DataLoader worker loads ahead; ``None`` keeps PyTorch's default (2). Unused
+            without workers.
+        skip_bad_samples: replace a sample whose files cannot be read (corrupt, truncated, empty or missing) by the
+            next readable one instead of stopping the run; each is logged, and the count per training epoch and
+            validation / test run is reported as ``<split>_skipped_samples`` (see data/README.md).
         mean: normalisation mean (RGB, 0-1).
         std: normalisation std.
     """
@@ -388,6 +413,8 @@ class COCODataModule(BaseDataModule):
         batch_size: int = 2,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
+        prefetch_factor: int | None = None,
+        skip_bad_samples: bool = False,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
@@ -406,6 +433,8 @@ class COCODataModule(BaseDataModule):
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.skip_bad_samples = skip_bad_samples
         self._categories: list[dict] | None = None
         self.datasets: dict[str, Dataset] = {}
 
@@ -463,6 +492,11 @@ class COCODataModule(BaseDataModule):
             with_masks=self.hparams.with_masks,
             key=self._key(split, "images"),
         )
+        if not len(dataset):
+            raise DatasetError(
+                f"{self._key(split, 'ann')}: none of the {len(dataset.coco.imgs)} images of {ann} has a non-crowd "
+                "annotation inside the image, and training keeps only those (data.filter_empty)"
+            )
         rank_zero_info(f"{split}: {len(dataset)} images in {images} ({ann.name})")
         return dataset
 

@@ -125,6 +125,11 @@ class ImageNetDataModule(BaseDataModule):
         batch_size: images per process and step.
         num_workers: DataLoader workers per process; ``None`` picks from the CPUs available (at most 8).
         pin_memory: ``None`` pins when CUDA is available.
+        prefetch_factor: batches each DataLoader worker loads ahead; ``None`` keeps PyTorch's default (2). Unused
+            without workers.
+        skip_bad_samples: replace a sample whose files cannot be read (corrupt, truncated, empty or missing) by the
+            next readable one instead of stopping the run; each is logged, and the count per training epoch and
+            validation / test run is reported as ``<split>_skipped_samples`` (see data/README.md).
         eval_crop_pct: evaluation resizes the short side to ``image_size / eval_crop_pct`` then center-crops.
         interpolation: ``bicubic``, ``bilinear`` or ``nearest``.
         scale: random-resized-crop area range.
@@ -151,6 +156,8 @@ class ImageNetDataModule(BaseDataModule):
         batch_size: int = 128,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
+        prefetch_factor: int | None = None,
+        skip_bad_samples: bool = False,
         eval_crop_pct: float = 0.875,
         interpolation: str = "bicubic",
         scale: tuple[float, float] = (0.08, 1.0),
@@ -173,6 +180,8 @@ class ImageNetDataModule(BaseDataModule):
         self.batch_size = batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.skip_bad_samples = skip_bad_samples
         self._class_names: list[str] | None = None
         self.mixup_fn: Mixup | None = None
         self.datasets: dict[str, Dataset] = {}

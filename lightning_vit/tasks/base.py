@@ -13,6 +13,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
+from lightning_vit.datamodules.base import SkippedSamplesReport
 from lightning_vit.tasks.optim import backbone_layer_ids, build_scheduler, param_groups
 
 __all__ = ["BaseTask"]
@@ -182,6 +183,11 @@ class BaseTask(L.LightningModule, ABC):
             gamma=hp.gamma,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Report the samples a DataModule skipped as unreadable (``data.skip_bad_samples``) at each epoch's end; a
+        callback rather than epoch-end hooks here, which the tasks override."""
+        return [SkippedSamplesReport()]
 
     def on_train_epoch_start(self) -> None:
         """Freeze the body for the first ``freeze_backbone_epochs`` epochs (a resumed run included), then release it.
