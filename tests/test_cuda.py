@@ -15,6 +15,7 @@ from test_cli import FAST as CLS_FAST
 from test_detection import FAST as DET_FAST
 from test_detection import coco_root  # noqa: F401  (fixture)
 from test_segmentation import FAST as SEG_FAST
+from test_segmentation import demo_data
 
 from lightning_vit import benchmark
 from lightning_vit.backbones import create_backbone, list_backbones
@@ -93,10 +94,7 @@ def test_classification_fit_on_gpu_and_validate_equals_cpu(
 def test_segmentation_fit_on_gpu(precision: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = str(CONFIGS / "demo" / "upernet_coat_lite.yaml")
-    data = [
-        f"--data.init_args.root={tmp_path / 'shapes'}", "--data.init_args.num_train=4", "--data.init_args.num_val=3",
-        "--data.init_args.image_size=[40,56]",
-    ]  # fmt: skip
+    data = demo_data(tmp_path / "shapes")
     cli = main(["fit", "--config", config, *_on_gpu(SEG_FAST, precision), *data, "--trainer.max_epochs=1"])
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["train_loss"]) and 0 <= float(metrics["val_mIoU"]) <= 1

@@ -18,6 +18,7 @@ from conftest import CONFIGS
 from test_cli import FAST
 from test_detection import FAST as DETECTION_FAST
 from test_segmentation import FAST as SEGMENTATION_FAST
+from test_segmentation import demo_data
 
 from lightning_vit.cli import main
 
@@ -79,10 +80,7 @@ def test_classification_top1_under_ddp(image_folder: Path, tmp_path: Path, monke
 def test_segmentation_miou_under_ddp(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = str(CONFIGS / "demo" / "upernet_coat_lite.yaml")
-    data = [
-        f"--data.init_args.root={tmp_path / 'shapes'}", "--data.init_args.num_train=4", "--data.init_args.num_val=5",
-        "--data.init_args.image_size=[40,56]",
-    ]  # fmt: skip
+    data = demo_data(tmp_path / "shapes", num_val=5)
     ckpt = _fit(tmp_path, config, [*SEGMENTATION_FAST, *data])
     val = [*_eval_args(SEGMENTATION_FAST), *data]
     one, two = (_validate(tmp_path, config, val, ckpt, n) for n in (1, 2))

@@ -3,6 +3,7 @@ weights, optimizer, scheduler and EMA state of the uninterrupted run; two runs w
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -67,6 +68,13 @@ def _last(tmp_path: Path, name: str) -> dict:
     return torch.load(tmp_path / "runs" / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def _final_validation(tmp_path: Path, name: str) -> dict[str, str]:
+    """The last validation row of a run's metrics.csv (the values as logged, compared as text)."""
+    with (tmp_path / "runs" / name / "version_0" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_loss")]
+    return {k: v for k, v in rows[-1].items() if k.startswith("val_") or k == "epoch"}
+
+
 def _assert_equal(a, b, where: str = "") -> None:
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b), where
@@ -99,6 +107,10 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder:
     for key in ("state_dict", "current_model_state", "averaging_state", "optimizer_states", "lr_schedulers"):
         _assert_equal(resumed[key], whole[key], key)
     _assert_equal(resumed["callbacks"]["EMAWeightAveraging"], whole["callbacks"]["EMAWeightAveraging"], "ema")
+    # the same seed and config give the same validation metrics, to the last digit
+    final = _final_validation(tmp_path, "whole")
+    assert final["epoch"] == "2" and {"val_acc1", "val_loss"} <= final.keys()
+    assert _final_validation(tmp_path, "resumed") == final
     # and the run really was random: a different seed gives other weights
     assert _fit(tmp_path, _config(tmp_path, image_folder, "other", workers=0), "--seed_everything", "1") == 0
     other = _last(tmp_path, "other")["state_dict"]

@@ -331,13 +331,18 @@ FAST = [
 ]
 
 
+def demo_data(root: Path, num_val: int = 3) -> list[str]:
+    """CLI options of the segmentation demo's DataModule for a tiny generated set under ``root``."""
+    return [
+        f"--data.init_args.root={root}", "--data.init_args.num_train=4", f"--data.init_args.num_val={num_val}",
+        "--data.init_args.image_size=[40,56]",
+    ]  # fmt: skip
+
+
 def test_cli_fit_validate_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = str(CONFIGS / "demo" / "upernet_coat_lite.yaml")
-    data = [
-        f"--data.init_args.root={tmp_path / 'shapes'}", "--data.init_args.num_train=4", "--data.init_args.num_val=3",
-        "--data.init_args.image_size=[40,56]",
-    ]  # fmt: skip
+    data = demo_data(tmp_path / "shapes")
     main(["fit", "--config", config, *FAST, *data, "--trainer.max_epochs=1"])
     run = tmp_path / "runs" / "demo_upernet_coat_lite" / "version_0"
     last = run / "checkpoints" / "last.ckpt"

@@ -124,7 +124,7 @@ class IWSA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         ws = self.window_size
-        qkv = self.qkv(x)  # (B, H, W, 3C)
+        qkv = self.qkv(x.reshape(b, h * w, c)).view(b, h, w, 3 * c)  # (B, H, W, 3C); Linear on 3-d tokens (below)
         lim = _nhwc(self.lim_func(_nchw(qkv[..., 2 * c :])))  # (B, H, W, C)
 
         qkv = pad_to_multiple(qkv, ws)
@@ -136,8 +136,8 @@ class IWSA(nn.Module):
             mask = mask.repeat(b, 1, 1, 1)  # (B*nW, 1, 1, ws*ws), windows batch-major as window_partition
         x = attention(q, k, v, self.scale, mask, self.attn_drop if self.training else 0.0)
         x = window_reverse(x.transpose(1, 2).reshape(-1, ws * ws, c), ws, hp, wp)  # (B, Hp, Wp, C)
-        x = x[:, :h, :w] + lim
-        return self.proj_drop(self.proj(x))
+        x = (x[:, :h, :w] + lim).reshape(b, h * w, c)
+        return self.proj_drop(self.proj(x)).view(b, h, w, c)
 
 
 class SSA(nn.Module):
@@ -186,7 +186,8 @@ class SSA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         nh = self.num_heads
-        q = self.q(x).view(b, h * w, nh, -1).transpose(1, 2)  # (B, nh, N, C'/nh)
+        tokens = x.reshape(b, h * w, c)
+        q = self.q(tokens).view(b, h * w, nh, -1).transpose(1, 2)  # (B, nh, N, C'/nh)
         if self.sr_ratio > 1:
             if min(h, w) < self.sr_ratio:
                 raise ValueError(
@@ -197,10 +198,10 @@ class SSA(nn.Module):
             k = self.k(kv).view(b, kv.shape[1], nh, -1).transpose(1, 2)  # (B, nh, N', C'/nh)
             v = self.v(kv).view(b, kv.shape[1], nh, -1).transpose(1, 2)  # (B, nh, N', C/nh)
         else:
-            k, v = self.kv(x).view(b, h * w, 2, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, N, C/nh)
+            k, v = self.kv(tokens).view(b, h * w, 2, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nh, N, C/nh)
         x = attention(q, k, v, self.scale, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, h, w, c)  # (B, H, W, C)
-        return self.proj_drop(self.proj(x))
+        x = x.transpose(1, 2).reshape(b, h * w, c)
+        return self.proj_drop(self.proj(x)).view(b, h, w, c)  # (B, H, W, C)
 
 
 class ScalableViTBlock(nn.Module):
@@ -223,8 +224,12 @@ class ScalableViTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        # the Linear layers see 3-d tokens: CPU Linear is slower on 4-d input (bf16 up to 1.5x; README Performance)
+        x = x.reshape(b, h * w, c)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.view(b, h, w, c)
 
 
 class ScalableViT(nn.Module):
