@@ -152,18 +152,13 @@ def config_from_checkpoint(ckpt_path: str | Path) -> dict:
     names and the DataModule (its eval transform; ``--data.predict_root`` points it at new images) come back as
     trained. Raises a PretrainedError naming the file when it is not a checkpoint of this project.
     """
-    import torch
+    from lightning_vit.tasks.loading import read_lightning_checkpoint
 
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise PretrainedError(f"ckpt_path: {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise PretrainedError(f"ckpt_path: {path} is not a readable Lightning checkpoint ({err})") from None
+    ckpt = read_lightning_checkpoint(path)
     config = {}
     for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
-        hparams = ckpt.get(key) if isinstance(ckpt, dict) else None
+        hparams = ckpt.get(key)
         if not isinstance(hparams, dict) or "_class_path" not in hparams:
             raise PretrainedError(
                 f"ckpt_path: {path} has no {key} with a _class_path (a checkpoint written by `lightning_vit fit` "
@@ -210,10 +205,7 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
                 config.write_text(yaml.safe_dump(config_from_checkpoint(ckpt_path)))
                 return _cli([argv[0], "--config", str(config), *argv[1:]])
         return _cli(args)
-    except (DatasetError, PretrainedError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except ValueError as err:  # jsonargparse wraps what a class's __init__ raised while instantiating the config
+    except ValueError as err:  # a DatasetError / PretrainedError, raised directly or wrapped by jsonargparse
         cause = _user_error_cause(err)
         if cause is None:
             raise
