@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._layers import init_linear_and_norm
+from lightning_vit.backbones._layers import Linear, Mlp, init_linear_and_norm
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["CoaT", "checkpoint_filter_fn"]
@@ -88,8 +88,8 @@ class FactorAttnConvRelPosEnc(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.crpe = shared_crpe
 

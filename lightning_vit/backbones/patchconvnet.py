@@ -18,11 +18,11 @@ import logging
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._layers import init_linear_and_norm
+from lightning_vit.backbones._layers import Linear, Mlp, init_linear_and_norm
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["PatchConvNet", "checkpoint_filter_fn"]
@@ -91,10 +91,10 @@ class LearnedAggregation(nn.Module):
         super().__init__()
         self.attend_to_cls = attend_to_cls
         self.scale = dim**-0.5
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.k = Linear(dim, dim, bias=qkv_bias)
+        self.v = Linear(dim, dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _keys_source(self, x: torch.Tensor, num_cls: int) -> torch.Tensor:
@@ -128,7 +128,7 @@ class AggregationBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = LearnedAggregation(dim, qkv_bias=qkv_bias, proj_drop=drop, attend_to_cls=attend_to_cls)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.gamma_1 = nn.Parameter(torch.full((dim,), init_values))
         self.gamma_2 = nn.Parameter(torch.full((dim,), init_values))
 

@@ -22,11 +22,13 @@ from functools import lru_cache, partial
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from lightning_vit.backbones._layers import (
+    Linear,
+    Mlp,
     attention,
     init_linear_and_norm,
     pad_to_multiple,
@@ -116,8 +118,8 @@ class IWSA(nn.Module):
         self.window_size = window_size
         self.scale = (dim // num_heads) ** -0.5
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.lim_func = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
@@ -168,19 +170,19 @@ class SSA(nn.Module):
             dim_qk = int(dim * c_ratio)
             if dim % num_heads or dim_qk % num_heads:
                 raise ValueError(f"SSA: dim {dim} and int(dim * c_ratio) = {dim_qk} must divide by {num_heads} heads")
-            self.q = nn.Linear(dim, dim_qk, bias=qkv_bias)
+            self.q = Linear(dim, dim_qk, bias=qkv_bias)
             self.reduction = nn.Sequential(
                 nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim), nn.Conv2d(dim, dim_qk, 1)
             )
             self.norm_act = nn.Sequential(nn.LayerNorm(dim_qk), nn.GELU())
-            self.k = nn.Linear(dim_qk, dim_qk, bias=qkv_bias)
-            self.v = nn.Linear(dim_qk, dim, bias=qkv_bias)
+            self.k = Linear(dim_qk, dim_qk, bias=qkv_bias)
+            self.v = Linear(dim_qk, dim, bias=qkv_bias)
         else:
             if dim % num_heads:
                 raise ValueError(f"SSA: dim {dim} is not divisible by num_heads {num_heads}")
-            self.q = nn.Linear(dim, dim, bias=qkv_bias)
-            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+            self.q = Linear(dim, dim, bias=qkv_bias)
+            self.kv = Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
