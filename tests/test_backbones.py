@@ -138,3 +138,57 @@ def test_attention_routes_agree_with_float64_reference(dtype, mask_grad, dq, dv)
     ref_grads = torch.autograd.grad(ref, inputs[:3], grad_out)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g.double(), r.double(), **{k: 5 * t for k, t in tol.items()})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("needs_grad", [False, True])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_routes_agree_with_float64_reference(monkeypatch, dtype, needs_grad, activation, bias) -> None:
+    """The shared ``linear`` computes F.linear (+ exact GELU) and its gradients on every route, under autocast as
+    a model runs in bf16, on 3-d non-contiguous input; oneDNN serves the CPU calls it claims to serve."""
+    from lightning_vit.backbones import _layers
+
+    if _layers._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    calls = []
+    monkeypatch.setattr(
+        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
+    )
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 16).transpose(0, 1).requires_grad_(needs_grad)  # (3, 5, 16), not contiguous
+    w, b = torch.randn(24, 16).requires_grad_(needs_grad), torch.randn(24).requires_grad_(needs_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = _layers.linear(x, w, b if bias else None, activation)
+    ref = x.double() @ w.double().t() + (b.double() if bias else 0)
+    ref = torch.nn.functional.gelu(ref) if activation else ref
+    tol = dict(atol=0.1, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    assert out.dtype == dtype and out.shape == (3, 5, 24)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    # oneDNN: all fp32 calls and bf16 ones without gradient, GELU fused when there is no gradient
+    assert calls == (
+        [] if needs_grad and dtype == torch.bfloat16 else [activation or "none"] if not needs_grad else ["none"]
+    )
+    if needs_grad:
+        inputs = (x, w, b) if bias else (x, w)
+        grad_out = torch.randn_like(ref)
+        grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
+        ref_grads = torch.autograd.grad(ref, inputs, grad_out)
+        for g, r in zip(grads, ref_grads):
+            assert g.dtype == torch.float32
+            torch.testing.assert_close(g.double(), r.double(), **{k: 5 * t for k, t in tol.items()})
+
+
+def test_linear_leaves_traced_and_empty_calls_to_f_linear(monkeypatch) -> None:
+    """Traces (ONNX, TorchScript) must hold standard ops; an empty batch (no boxes) must not reach oneDNN."""
+    from lightning_vit.backbones import _layers
+
+    monkeypatch.setattr(_layers, "_ONEDNN_LINEAR", lambda *a: pytest.fail("oneDNN called"))
+    layer = _layers.Linear(8, 4)
+    x = torch.randn(2, 8)
+    traced = torch.jit.trace(layer, x, check_trace=False)  # the check reruns the layer eagerly
+    assert "mkldnn" not in str(traced.graph) and "linear" in str(traced.graph)
+    torch.testing.assert_close(traced(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert _layers.linear(torch.randn(0, 8), layer.weight, layer.bias).shape == (0, 4)
+    with pytest.raises(ValueError, match="activation"):
+        _layers.linear(x, layer.weight, activation="relu")

@@ -107,12 +107,12 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     if (
         _ONEDNN_LINEAR is None
         or x.device.type != "cpu"
-        or x.numel() == 0
         or not torch.backends.mkldnn.enabled
         or torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.compiler.is_compiling()
         or torch.onnx.is_in_onnx_export()
+        or x.numel() == 0
     ):
         return None
     if torch.is_autocast_enabled("cpu") and x.is_floating_point():
