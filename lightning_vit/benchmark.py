@@ -178,23 +178,40 @@ class PeakMemory:
 
 class SavedActivations:
     """``with SavedActivations(model, mode, compiled) as s: <training step>`` sets ``s.nbytes``: the bytes of the
-    activations autograd keeps for the backward pass (distinct storages, parameters left out), the memory that
-    gradient checkpointing trades for recomputation. ``None`` in inference and for compiled models (whose saved
-    tensors are the compiled graph's own business).
+    activations autograd keeps for the backward pass (distinct storages), the memory that gradient checkpointing
+    trades for recomputation. Parameters are left out, and so are autocast's low-precision copies of them (and
+    views of those), which depend on the model, not on the batch. ``None`` in inference and for compiled models
+    (whose saved tensors are the compiled graph's own business).
     """
+
+    # grad_fn names of the casts and views between a parameter and what a layer saves of it
+    _PARAMETER_VIEWS = frozenset(
+        {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0",
+         "ExpandBackward0", "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1"}
+    )  # fmt: skip
 
     def __init__(self, model: nn.Module, mode: str, compiled: bool) -> None:
         self.active = mode == "train" and not compiled
         self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self._param_ids = {id(p) for p in model.parameters()}
         self.storages: dict[int, int] = {}
         self.nbytes: int | None = None
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in self.params:
+        if storage.data_ptr() not in self.params and not self._is_parameter_copy(t):
             self.storages[storage.data_ptr()] = storage.nbytes()
         return t
+
+    def _is_parameter_copy(self, t: torch.Tensor) -> bool:
+        fn = t.grad_fn
+        while fn is not None and type(fn).__name__ in self._PARAMETER_VIEWS:
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if len(inputs) != 1:
+                return False
+            fn = inputs[0]
+        return fn is not None and type(fn).__name__ == "AccumulateGrad" and id(fn.variable) in self._param_ids
 
     def __enter__(self) -> SavedActivations:
         if self.active:
@@ -274,6 +291,8 @@ def _detection_target(h: int, w: int, num_classes: int, device: torch.device, ge
     xy = torch.rand(5, 2, generator=generator) * torch.tensor([w * 0.7, h * 0.7])
     wh = torch.rand(5, 2, generator=generator) * torch.tensor([w * 0.3, h * 0.3]) + 16
     boxes = torch.cat([xy, xy + wh], dim=1)
+    boxes[:, 0::2].clamp_(max=w)
+    boxes[:, 1::2].clamp_(max=h)
     masks = torch.zeros(5, h, w, dtype=torch.uint8)
     for mask, (x1, y1, x2, y2) in zip(masks, boxes.round().long().tolist()):
         mask[y1:y2, x1:x2] = 1
@@ -557,6 +576,7 @@ def run_loop(args: argparse.Namespace, device: torch.device) -> list[dict]:
             self.starts: list[float] = []
 
         def on_train_batch_start(self, *_) -> None:
+            _sync(device)  # on CUDA, time the work done, not how fast kernels are queued
             self.starts.append(time.perf_counter())
 
     def lightning_run() -> list[float]:
@@ -584,6 +604,7 @@ def run_loop(args: argparse.Namespace, device: torch.device) -> list[dict]:
         plain_model.train()
         starts = []
         for i, batch in enumerate(loader):
+            _sync(device)
             starts.append(time.perf_counter())
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -827,10 +848,23 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torc
     args.image_size = [size[0], size[-1]]
     if args.data and args.image_size[0] != args.image_size[1]:
         parser.error("--data crops squares: give one --image_size")
+    for option in ("num_classes", "batch_size", "threads"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option} must be >= 1, got {getattr(args, option)}")
     args.num_classes = args.num_classes or DEFAULT_CLASSES[args.task]
     args.batch_size = args.batch_size or (1 if args.task == "detection" else 8)
     if args.warmup < 0 or args.repeats < 1:
         parser.error("--warmup must be >= 0 and --repeats >= 1")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup >= 1, so that compilation is not timed")
+    if args.loop and (len(args.backbone) > 1 or len(args.precision) > 1):
+        parser.error("--loop times one --backbone at one --precision")
+    if args.data_root and not args.data:
+        parser.error("--data_root is the folder of images of --data: give --data too")
+    if args.grad_checkpointing and "train" not in args.mode:
+        parser.error("--grad_checkpointing is timed in training: add --mode train")
+    if args.json not in (None, "-") and not Path(args.json).parent.is_dir():
+        parser.error(f"--json: folder {Path(args.json).parent} does not exist")
     if args.loop and args.steps < args.warmup + 2:
         parser.error(f"--loop: --steps {args.steps} leaves no timed step after --warmup {args.warmup}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

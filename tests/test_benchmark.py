@@ -78,6 +78,13 @@ def test_timm_model_gets_our_weights() -> None:
         (["--backbone", "test_swin", "--precision", "fp16", "--device", "cpu"], "fp16 needs --device cuda"),
         (["--backbone", "test_swin", "--task", "segmentation", "--compare", "timm"], "backbones only"),
         (["--mode", "train"], "--backbone is required"),
+        (["--backbone", "test_swin", "--batch_size", "0"], "--batch_size must be >= 1"),
+        (["--backbone", "test_swin", "--threads", "-1"], "--threads must be >= 1"),
+        (["--backbone", "test_swin", "--compile", "--warmup", "0"], "compilation is not timed"),
+        (["--loop", "--backbone", "test_swin", "test_coat"], "one --backbone at one --precision"),
+        (["--backbone", "test_swin", "--data_root", "x"], "give --data too"),
+        (["--backbone", "test_swin", "--mode", "infer", "--grad_checkpointing"], "add --mode train"),
+        (["--backbone", "test_swin", "--json", "no/such/dir/out.json"], "folder no/such/dir does not exist"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(argv: list[str], message: str, capsys) -> None:
@@ -195,3 +202,20 @@ def test_compiled_backbone_is_timed_after_compiling() -> None:
     ]  # fmt: skip
     for row in rows:
         _check_timings(row)  # saved_mb is None: the compiled graph keeps its own activations
+
+
+def test_saved_activations_leave_out_autocast_copies_of_the_weights() -> None:
+    """bf16 activations are half the fp32 ones; the bf16 copy of a weight (256x1024 here, 0.5 MB) is not one."""
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 256), torch.nn.GELU(), torch.nn.Linear(256, 1024))
+    x = torch.randn(64, 1024)
+    saved = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        with (
+            benchmark.SavedActivations(model, "train", False) as s,
+            torch.autocast("cpu", dtype, dtype is not torch.float32),
+        ):
+            model(x).float().sum().backward()
+        saved[dtype] = s.nbytes
+    # fp32: the input x (64x1024) and the two 64x256 activations around the GELU, in 4-byte floats
+    assert saved[torch.float32] == (64 * 1024 + 2 * 64 * 256) * 4
+    assert saved[torch.bfloat16] == (64 * 1024 + 2 * 64 * 256) * 2
