@@ -7,8 +7,9 @@ The exported graph is the task's ``forward``: classification gives logits (B, nu
 probabilities, as ``predict`` does), segmentation gives logits (B, num_classes, H, W) at the input size (whole-image
 inference). The input ``image`` is (B, 3, H, W) float32 RGB, normalised as the DataModule did:
 ``(pixel / 255 - mean) / std``. The batch is always dynamic. H and W are dynamic when the model traced at
-``--image_size`` also computes correctly at another size; a model whose masks or paddings are worked out in Python
-(Swin's window attention) is specialised to the traced size and exported at that fixed size.
+``--image_size`` also computes correctly at another size, which export tries before writing: every registered
+family does (Swin pads to its windows and builds its shift masks from the traced sizes). A model whose trace bakes
+in the size (a reshape or crop to Python ints) is exported at that fixed size instead.
 
 Both formats come from one ``torch.jit.trace`` of the model; ONNX by PyTorch's TorchScript-based exporter
 (``dynamo=False``): in torch 2.14 the ``torch.export``-based one fails on Swin and PatchConvNet and takes minutes on
@@ -19,7 +20,7 @@ The file carries metadata (ONNX ``metadata_props``; TorchScript ``_extra_files["
 ``class_names`` (JSON), ``image_size``, ``dynamic_size``, ``mean`` / ``std`` when the checkpoint records the
 DataModule's, the backbone and a description of the input and output. ``--check`` (default) reloads the file, in
 onnxruntime for ONNX, and compares it with PyTorch on the example input and on one of another batch size (and size,
-when dynamic).
+when dynamic); a file that fails is moved aside to ``<output>.failed``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from lightning_vit.tasks import ImageClassifier, SemanticSegmenter
 from lightning_vit.tasks.base import BaseTask
 from lightning_vit.tasks.loading import read_lightning_checkpoint, task_from_checkpoint
 
-__all__ = ["check_export", "describe", "export_model", "main", "read_metadata"]
+__all__ = ["ExportError", "check_export", "describe", "export_model", "main", "read_metadata"]
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 METADATA_FILE = "metadata.json"
@@ -49,8 +50,16 @@ METADATA_FILE = "metadata.json"
 JSON_KEYS = ("class_names", "image_size", "dynamic_size", "mean", "std")
 INPUT, OUTPUT = "image", "logits"
 DEFAULT_SIZE = 224
+DEFAULT_OPSET = 17
 #: the other size (h + 13, w + 27) a dynamic export is checked at: odd, so no window or patch divides it
 SIZE_STEP = (13, 27)
+
+
+class ExportError(PretrainedError):
+    """Contradicting export options, or a file that is not a (correct) export; the message names the option or file.
+
+    A :class:`PretrainedError`, so that the CLI reports it as one line.
+    """
 
 
 def _bins(n: int | torch.Tensor, s: int, x: torch.Tensor) -> torch.Tensor:
@@ -104,16 +113,22 @@ def _traces_any_size(traced: torch.jit.ScriptModule, task: BaseTask, example: to
         return False
 
 
+def _io_text(task: BaseTask, batch: str, classes: str | int, hw: str) -> tuple[str, str]:
+    """The input and output of ``task`` in words, with ``batch``, ``classes`` and ``hw`` (height, width) as given."""
+    output = f"({batch}, {classes})" if task.prediction_format == "classification" else f"({batch}, {classes}, {hw})"
+    return f"({batch}, 3, {hw}) float32 RGB, (pixel / 255 - mean) / std", output
+
+
 def describe(task: BaseTask, checkpoint: dict) -> dict:
     """What an export of ``task`` records about the model and its data (:func:`export_model` adds the sizes)."""
     data = checkpoint.get("datamodule_hyper_parameters") or {}
-    output = "(B, num_classes)" if task.prediction_format == "classification" else "(B, num_classes, H, W)"
+    inputs, output = _io_text(task, "B", "num_classes", "H, W")
     meta = {
         "task": task.prediction_format,
         "task_class": f"{type(task).__module__}.{type(task).__name__}",
         "backbone": task.hparams.backbone,
         "class_names": list(task.class_names),
-        "input": f"{INPUT}: (B, 3, H, W) float32 RGB, (pixel / 255 - mean) / std",
+        "input": f"{INPUT}: {inputs}",
         "output": f"{OUTPUT}: {output}",
     }
     meta.update({k: list(data[k]) for k in ("mean", "std") if k in data})
@@ -127,16 +142,31 @@ def _jit_load(path: Path, **kwargs) -> torch.jit.ScriptModule:
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The metadata of an exported file (TorchScript, or ONNX with the ``onnx`` package), JSON values decoded."""
-    path = Path(path)
-    if not zipfile.is_zipfile(path):  # TorchScript files are zip archives, ONNX ones protobuf
-        import onnx
+    """The metadata of an exported file (TorchScript, or ONNX with the ``onnx`` package), JSON values decoded.
 
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return {k: json.loads(v) if k in JSON_KEYS else v for k, v in props.items()}
-    files = {METADATA_FILE: ""}
-    _jit_load(path, _extra_files=files)
-    return json.loads(files[METADATA_FILE])
+    Raises:
+        ExportError: ``path`` is missing or is not a file written by :func:`export_model`.
+    """
+    path = Path(path)
+    expected = "expected an ONNX or TorchScript file written by `python -m lightning_vit export`"
+    if not path.is_file():
+        raise ExportError(f"{path} is not a file ({expected})")
+    torchscript = zipfile.is_zipfile(path)  # TorchScript files are zip archives, ONNX ones protobuf
+    if not torchscript:
+        import onnx
+    try:
+        if torchscript:
+            files = {METADATA_FILE: ""}
+            _jit_load(path, _extra_files=files)
+            meta = json.loads(files[METADATA_FILE] or "{}")
+        else:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            meta = {k: json.loads(v) if k in JSON_KEYS else v for k, v in props.items()}
+    except Exception as err:  # torch.jit's RuntimeError, protobuf's DecodeError, JSON's ValueError: no common base
+        raise ExportError(f"{path}: no lightning_vit export metadata ({expected}): {err}") from err
+    if not isinstance(meta, dict) or not {"image_size", "dynamic_size"} <= meta.keys():
+        raise ExportError(f"{path}: no lightning_vit export metadata ({expected})")
+    return meta
 
 
 def export_model(
@@ -145,14 +175,14 @@ def export_model(
     fmt: str = "onnx",
     image_size: Sequence[int] = (DEFAULT_SIZE, DEFAULT_SIZE),
     batch_size: int = 1,
-    opset: int = 17,
+    opset: int = DEFAULT_OPSET,
     dynamic: bool = True,
     metadata: dict | None = None,
 ) -> dict:
     """Trace ``task.forward`` and write it as ONNX or TorchScript.
 
     Args:
-        task: an :class:`ImageClassifier` or :class:`SemanticSegmenter` in eval mode.
+        task: an :class:`ImageClassifier` or :class:`SemanticSegmenter`; exported in eval mode, left as it is.
         output: file to write.
         fmt: ``onnx`` or ``torchscript``.
         image_size: (H, W) of the example input the model is traced at.
@@ -171,7 +201,7 @@ def export_model(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation notices: the comparisons below decide what holds
         traced = model.to_torchscript(method="trace", example_inputs=example, check_trace=False)
-        dynamic_size = dynamic and _traces_any_size(traced, task, example)
+        dynamic_size = dynamic and _traces_any_size(traced, model, example)
         metadata = {**(metadata or {}), "image_size": list(image_size), "dynamic_size": dynamic_size}
         if fmt == "torchscript":
             torch.jit.save(traced, str(output), _extra_files={METADATA_FILE: json.dumps(metadata)})
@@ -205,7 +235,7 @@ def check_export(task: BaseTask, path: str | Path, batch_size: int = 1) -> dict[
     """Max |exported - PyTorch| on the example input and on one of batch + 1 (and another size when dynamic).
 
     Args:
-        task: the model exported.
+        task: the model exported; compared in eval mode, left as it is.
         path: the file written by :func:`export_model` (its metadata gives the size and whether it is dynamic).
         batch_size: batch of the example input.
 
@@ -213,9 +243,11 @@ def check_export(task: BaseTask, path: str | Path, batch_size: int = 1) -> dict[
         ``{"(B, 3, H, W)": max_abs_diff}`` per input checked.
 
     Raises:
-        RuntimeError: the exported model fails on an input or its output is not close to PyTorch's.
+        ExportError: ``path`` is no export, or the exported model fails on an input or its output is not close to
+            PyTorch's.
     """
     path = Path(path)
+    task = copy.deepcopy(task).eval()
     meta = read_metadata(path)
     size = meta["image_size"]
     other = [s + d for s, d in zip(size, SIZE_STEP)] if meta["dynamic_size"] else size
@@ -228,10 +260,10 @@ def check_export(task: BaseTask, path: str | Path, batch_size: int = 1) -> dict[
             try:
                 got = run(x)
             except Exception as err:  # onnxruntime's and TorchScript's errors share no base class
-                raise RuntimeError(f"{path}: the exported model fails on an input {shape}: {err}") from err
+                raise ExportError(f"{path}: the exported model fails on an input {shape}: {err}") from err
         diffs[shape] = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
         if not _matches(got, expected):
-            raise RuntimeError(
+            raise ExportError(
                 f"{path}: the exported model differs from PyTorch on an input {shape}: output "
                 f"{tuple(got.shape)} vs {tuple(expected.shape)}, max |diff| {diffs[shape]:.3g}"
             )
@@ -258,7 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         help="example input size (default: the DataModule's crop_size / image_size in the checkpoint, else 224)",
     )  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=1, help="example input batch (the batch stays dynamic)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument("--opset", type=int, help=f"ONNX opset, --format onnx only (default: {DEFAULT_OPSET})")
     parser.add_argument(
         "--dynamic", action=argparse.BooleanOptionalAction, default=True,
         help="dynamic H and W where the model traces with them (default); --no-dynamic fixes them to --image_size",
@@ -275,6 +307,9 @@ def main(argv: list[str]) -> Path:
 
     Raises:
         PretrainedError: the checkpoint is missing, unreadable or not of a classification or segmentation task.
+        ExportError: the options contradict each other (``--output`` would overwrite the checkpoint or has the
+            other format's suffix, ``--opset`` with TorchScript), or ``--check`` fails; the failed file is then
+            moved to ``<output>.failed``.
     """
     parser = _parser()
     args = parser.parse_args(argv)
@@ -286,6 +321,18 @@ def main(argv: list[str]) -> Path:
         parser.error("--image_size H W must be at least 32 and --batch_size at least 1")
 
     ckpt_path = Path(args.ckpt_path)
+    suffix = SUFFIXES[args.format]
+    output = args.output or ckpt_path.with_suffix(suffix)
+    if output.resolve() == ckpt_path.resolve():
+        raise ExportError(
+            f"--output {output} is the --ckpt_path: the export would overwrite the checkpoint; pass --output with "
+            f"another {suffix} file"
+        )
+    if output.suffix.lower() != suffix:
+        raise ExportError(f"--output {output}: --format {args.format} writes a {suffix} file, not {output.suffix!r}")
+    if args.opset is not None and args.format != "onnx":
+        raise ExportError(f"--opset {args.opset}: --format {args.format} has no opset (--opset is for --format onnx)")
+
     checkpoint = read_lightning_checkpoint(ckpt_path)
     task = task_from_checkpoint(checkpoint, ckpt_path)
     if not isinstance(task, (ImageClassifier, SemanticSegmenter)):
@@ -294,27 +341,32 @@ def main(argv: list[str]) -> Path:
             f"{type(task).__name__} (detection models are not exported)"
         )
     size = tuple(args.image_size) if args.image_size else _default_size(checkpoint)
-    output = args.output or ckpt_path.with_suffix(SUFFIXES[args.format])
     output.parent.mkdir(parents=True, exist_ok=True)
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
     meta = export_model(
-        task, output, args.format, size, args.batch_size, args.opset, args.dynamic,
-        describe(task, checkpoint),
-    )  # fmt: skip
+        task, output, args.format, size, args.batch_size, opset, args.dynamic, describe(task, checkpoint)
+    )
+    if args.check:
+        try:
+            diffs = check_export(task, output, args.batch_size)
+        except ExportError as err:
+            failed = output.with_name(output.name + ".failed")
+            output.replace(failed)
+            raise ExportError(f"{err}; the file is moved to {failed} (--no-check skips the check)") from err
 
     h, w = size
     hw = "height, width" if meta["dynamic_size"] else f"{h}, {w}"
-    classes = task.num_classes
+    inputs, outputs = _io_text(task, "batch", task.num_classes, hw)
     if meta["dynamic_size"]:
         shapes = "dynamic batch, height and width"
     else:
         why = "the traced model is specific to its input size" if args.dynamic else "--no-dynamic"
         shapes = f"dynamic batch; height and width fixed to {h}x{w} ({why})"
-    print(f"exported {type(task).__name__} ({meta['backbone']}, {classes} classes) from {ckpt_path}")
+    print(f"exported {type(task).__name__} ({meta['backbone']}, {task.num_classes} classes) from {ckpt_path}")
     print(f"  file:   {output} ({output.stat().st_size / 2**20:.1f} MiB, {args.format})")
-    print(f"  input:  {INPUT} (batch, 3, {hw}) float32 RGB, (pixel / 255 - mean) / std")
-    print(f"  output: {OUTPUT} (batch, {classes}{'' if meta['task'] == 'classification' else ', ' + hw})")
+    print(f"  input:  {INPUT} {inputs}")
+    print(f"  output: {OUTPUT} {outputs}")
     print(f"  shapes: {shapes}")
     if args.check:
-        diffs = check_export(task, output, args.batch_size)
         print("  check:  max |diff| vs PyTorch " + ", ".join(f"{d:.2e} at {s}" for s, d in diffs.items()))
     return output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -12,21 +13,24 @@ import torch
 import torch.nn.functional as F
 from conftest import CONFIGS, write_image_folder
 
+from lightning_vit import export
 from lightning_vit.backbones.pretrained import PretrainedError
 from lightning_vit.cli import main as cli_main
-from lightning_vit.export import MatrixAdaptiveAvgPool2d, export_model, main, read_metadata
+from lightning_vit.export import (
+    SUFFIXES,
+    ExportError,
+    MatrixAdaptiveAvgPool2d,
+    check_export,
+    export_model,
+    main,
+    read_metadata,
+)
 from lightning_vit.tasks import ImageClassifier, ObjectDetector, SemanticSegmenter
 from lightning_vit.tasks.loading import load_task
 
 CLASSES = ["circle", "square", "star"]
-#: whether each family's trace generalises to other input sizes
-DYNAMIC_SIZE = {
-    "test_coat_lite": True,
-    "test_coat": True,
-    "test_scalable_vit": True,
-    "test_patchconvnet": True,
-    "test_swin": True,
-}
+#: every family's trace generalises to other input sizes (the fixed-size fallback has its own test)
+BACKBONES = ["test_coat_lite", "test_coat", "test_scalable_vit", "test_patchconvnet", "test_swin"]
 
 
 def save_checkpoint(task: L.LightningModule, path: Path) -> Path:
@@ -148,28 +152,18 @@ def test_matrix_adaptive_pool_equals_pytorch_at_sizes_other_than_the_traced_one(
         torch.testing.assert_close(traced(x), expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("backbone", list(DYNAMIC_SIZE))
-def test_torchscript_size_is_dynamic_where_the_family_allows(backbone: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_torchscript_size_is_dynamic_for_every_family(backbone: str, tmp_path: Path) -> None:
     task = classifier(backbone)
     meta = export_model(task, tmp_path / "model.pt", "torchscript", image_size=(64, 64), metadata={"x": 1})
-    assert meta == {"x": 1, "image_size": [64, 64], "dynamic_size": DYNAMIC_SIZE[backbone]}
+    assert meta == {"x": 1, "image_size": [64, 64], "dynamic_size": True}
     module = torch.jit.load(str(tmp_path / "model.pt"))
-    size = (48, 80) if meta["dynamic_size"] else (64, 64)
-    x = torch.randn(3, 3, *size)
+    x = torch.randn(3, 3, 48, 80)
     with torch.no_grad():
         assert _max_diff(module(x), task(x)) <= 1e-4
 
 
-@pytest.mark.parametrize(
-    "backbone",
-    [
-        "test_coat_lite",
-        "test_patchconvnet",
-        "test_coat",
-        "test_scalable_vit",
-        "test_swin",
-    ],
-)
+@pytest.mark.parametrize("backbone", BACKBONES)
 def test_onnx_classification_equals_pytorch(backbone: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnx")
     ckpt = save_checkpoint(classifier(backbone), tmp_path / "model.ckpt")
@@ -178,11 +172,10 @@ def test_onnx_classification_equals_pytorch(backbone: str, tmp_path: Path, capsy
     summary = capsys.readouterr().out
     assert f"ImageClassifier ({backbone}, 3 classes)" in summary and "output: logits (batch, 3)" in summary
     session = _onnx_session(path)
-    dynamic = DYNAMIC_SIZE[backbone]
-    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"] if dynamic else ["batch", 3, 64, 64]
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
     assert session.get_outputs()[0].shape == ["batch", 3]
     task = load_task(ckpt)
-    for shape in [(1, 3, 64, 64), (3, 3, 48, 80) if dynamic else (3, 3, 64, 64)]:
+    for shape in [(1, 3, 64, 64), (3, 3, 48, 80)]:
         x = torch.randn(*shape)
         with torch.no_grad():
             assert _max_diff(session.run(["logits"], {"image": x.numpy()})[0], task(x)) <= 1e-4
@@ -192,7 +185,7 @@ def test_cli_exports_a_cli_checkpoint_with_its_metadata(
     cli_checkpoint: Path, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     """Defaults: the file next to the checkpoint, the DataModule's 32 px, its mean / std, and the check printed."""
-    pytest.importorskip("onnx")
+    onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     task = load_task(cli_checkpoint)
     expected_meta = {
@@ -225,25 +218,36 @@ def test_cli_exports_a_cli_checkpoint_with_its_metadata(
         assert _max_diff(module(x), expected) <= 1e-4
 
     out = tmp_path / "fixed" / "model.onnx"
-    cli_main(["export", "--ckpt_path", str(cli_checkpoint), "--output", str(out), "--no-dynamic", "--no-check"])
+    cli_main([
+        "export", "--ckpt_path", str(cli_checkpoint), "--output", str(out), "--no-dynamic", "--no-check",
+        "--opset", "13",
+    ])  # fmt: skip
     assert "height and width fixed to 32x32 (--no-dynamic)" in capsys.readouterr().out
     assert _onnx_session(out).get_inputs()[0].shape == ["batch", 3, 32, 32]
+    assert [op.version for op in onnx.load(str(out)).opset_import if op.domain == ""] == [13]
 
 
 @pytest.mark.parametrize("backbone", ["test_coat_lite", pytest.param("test_patchconvnet", marks=pytest.mark.slow)])
-def test_segmentation_exports_equal_pytorch_at_other_batch_and_size(backbone: str, tmp_path: Path) -> None:
+def test_segmentation_exports_equal_pytorch_at_other_batch_and_size(
+    backbone: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """UperNet's pyramid pooling (adaptive pools to 1, 2, 3, 6) at sizes that are no multiple of 32."""
     pytest.importorskip("onnx")
     task = segmenter(backbone)
     ckpt = save_checkpoint(task, tmp_path / "seg.ckpt")
     onnx_path = main(["--ckpt_path", str(ckpt), "--image_size", "64", "96", "--no-check"])
     ts_path = main(["--ckpt_path", str(ckpt), "--image_size", "64", "96", "--format", "torchscript", "--no-check"])
+    summary = capsys.readouterr().out
+    assert summary.count("output: logits (batch, 4, height, width)") == 2
+    assert summary.count("input:  image (batch, 3, height, width) float32 RGB, (pixel / 255 - mean) / std") == 2
     session = _onnx_session(onnx_path)
     assert session.get_outputs()[0].shape == ["batch", 4, "height", "width"]
     module = torch.jit.load(str(ts_path))
     for meta in (read_metadata(onnx_path), read_metadata(ts_path)):
         assert meta["task"] == "segmentation" and meta["class_names"] == ["0", "1", "2", "3"]
         assert meta["image_size"] == [64, 96] and meta["dynamic_size"] is True and "mean" not in meta
+        assert meta["output"] == "logits: (B, num_classes, H, W)"
+        assert meta["input"] == "image: (B, 3, H, W) float32 RGB, (pixel / 255 - mean) / std"
     for shape in [(1, 3, 64, 96), (2, 3, 77, 91), (1, 3, 40, 130)]:
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -290,3 +294,115 @@ def test_detection_and_missing_checkpoints_are_one_line_errors(tmp_path: Path, c
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["export", "--ckpt_path", str(ckpt), "--format", "tflite"])
     assert exit_info.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+class TopLeftMean(torch.nn.Module):
+    """Logits: the mean of each channel over the image's top-left quarter, whose extent a trace keeps as constants."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        return x[:, :, : h // 2, : w // 2].mean((2, 3))  # (B, 3)
+
+
+class FlatMean(torch.nn.Module):
+    """Logits: per-channel means through a reshape to H * W, which fails in a trace at any other size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        return x.reshape(-1, 3, h * w).mean(-1)  # (B, 3)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("backbone", [TopLeftMean, FlatMean], ids=["wrong_at_other_sizes", "fails_at_other_sizes"])
+def test_a_trace_specific_to_its_size_is_exported_at_that_size(
+    backbone: type[torch.nn.Module], fmt: str, tmp_path: Path
+) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    task = classifier("test_coat_lite")
+    task.backbone = backbone()
+    path = tmp_path / f"model{SUFFIXES[fmt]}"
+    assert export_model(task, path, fmt, image_size=(64, 48))["dynamic_size"] is False
+    assert read_metadata(path)["dynamic_size"] is False
+    diffs = check_export(task, path)  # at the other batch only, where a dynamic export would fail
+    assert list(diffs) == ["(1, 3, 64, 48)", "(2, 3, 64, 48)"] and max(diffs.values()) <= 1e-6
+    if fmt == "onnx":
+        assert _onnx_session(path).get_inputs()[0].shape == ["batch", 3, 64, 48]
+
+
+def test_a_task_in_train_mode_is_exported_and_checked_in_eval_mode(tmp_path: Path) -> None:
+    """BatchNorm on batch statistics would tell the trace apart from the model, and the check from the file."""
+    task = segmenter("test_coat_lite", head="fpn").train()
+    state = {k: v.clone() for k, v in task.state_dict().items()}
+    path = tmp_path / "seg.pt"
+    assert export_model(task, path, "torchscript", image_size=(64, 64))["dynamic_size"] is True
+    assert max(check_export(task, path).values()) <= 1e-4
+    assert task.training and all(torch.equal(v, task.state_dict()[k]) for k, v in state.items())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _max_diff(torch.jit.load(str(path))(x), task.eval()(x)) <= 1e-4
+
+
+def test_options_that_overwrite_the_checkpoint_or_misname_the_file_are_one_line_errors(
+    cli_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt_pt = Path(shutil.copy(cli_checkpoint, tmp_path / "model.pt"))
+    ckpt = Path(shutil.copy(cli_checkpoint, tmp_path / "model.ckpt"))
+    content = cli_checkpoint.read_bytes()
+    cases = [
+        (
+            ["--ckpt_path", ckpt_pt, "--format", "torchscript"],
+            f"--output {ckpt_pt} is the --ckpt_path: the export would overwrite the checkpoint; pass --output with "
+            "another .pt file",
+        ),
+        (["--ckpt_path", ckpt, "--output", ckpt], f"--output {ckpt} is the --ckpt_path: the export would overwrite"),
+        (
+            ["--ckpt_path", ckpt, "--format", "torchscript", "--output", tmp_path / "model.onnx"],
+            f"--output {tmp_path / 'model.onnx'}: --format torchscript writes a .pt file, not '.onnx'",
+        ),
+        (
+            ["--ckpt_path", ckpt, "--format", "torchscript", "--opset", "13"],
+            "--opset 13: --format torchscript has no opset (--opset is for --format onnx)",
+        ),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["export", *map(str, args)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {message}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt", "model.pt"]
+    assert ckpt_pt.read_bytes() == content and ckpt.read_bytes() == content
+
+
+def test_a_failed_check_moves_the_file_aside_and_is_a_one_line_error(
+    cli_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reloaded file computes 0.5 more than PyTorch: it must not stay at ``--output``."""
+    load = export._load_exported
+    monkeypatch.setattr(export, "_load_exported", lambda path: lambda x: load(path)(x) + 0.5)
+    out = tmp_path / "model.pt"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["export", "--ckpt_path", str(cli_checkpoint), "--format", "torchscript", "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {out}: the exported model differs from PyTorch on an input (1, 3, 32, 32)")
+    assert err[0].endswith(f"max |diff| 0.5; the file is moved to {out}.failed (--no-check skips the check)")
+    assert not out.exists() and read_metadata(tmp_path / "model.pt.failed")["image_size"] == [32, 32]
+
+
+def test_read_metadata_of_a_file_export_did_not_write_names_the_file(cli_checkpoint: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(scripted))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_text("not a model")
+    bare = tmp_path / "bare.onnx"
+    value = functools.partial(onnx.helper.make_tensor_value_info, elem_type=onnx.TensorProto.FLOAT, shape=[1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [value("x")], [value("y")])
+    onnx.save(onnx.helper.make_model(graph), str(bare))
+    for path in (scripted, garbage, bare, cli_checkpoint):  # TorchScript, protobuf, ONNX, zip without the file
+        with pytest.raises(ExportError, match=rf"^{re.escape(str(path))}: no lightning_vit export metadata \(expected"):
+            read_metadata(path)
+    with pytest.raises(ExportError, match=r"absent\.onnx is not a file \(expected an ONNX or TorchScript file"):
+        read_metadata(tmp_path / "absent.onnx")
