@@ -144,13 +144,18 @@ def test_attention_routes_agree_with_float64_reference(dtype, mask_grad, dq, dv)
 @pytest.mark.parametrize("needs_grad", [False, True])
 @pytest.mark.parametrize("activation", [None, "gelu"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_routes_agree_with_float64_reference(monkeypatch, dtype, needs_grad, activation, bias) -> None:
+@pytest.mark.parametrize("onednn_gradients", [True, False])
+def test_linear_routes_agree_with_float64_reference(
+    monkeypatch, dtype, needs_grad, activation, bias, onednn_gradients
+) -> None:
     """The shared ``linear`` computes F.linear (+ exact GELU) and its gradients on every route, under autocast as
-    a model runs in bf16, on 3-d non-contiguous input; oneDNN serves the CPU calls it claims to serve."""
+    a model runs in bf16, on 3-d non-contiguous input, whichever library serves fp32 gradients on this processor;
+    oneDNN serves the CPU calls it claims to serve."""
     from lightning_vit.backbones import _layers
 
     if _layers._ONEDNN_LINEAR is None:
         pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: onednn_gradients)
     calls = []
     monkeypatch.setattr(
         _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
@@ -165,10 +170,11 @@ def test_linear_routes_agree_with_float64_reference(monkeypatch, dtype, needs_gr
     tol = dict(atol=0.1, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
     assert out.dtype == dtype and out.shape == (3, 5, 24)
     torch.testing.assert_close(out.double(), ref, **tol)
-    # oneDNN: all fp32 calls and bf16 ones without gradient, GELU fused when there is no gradient
-    assert calls == (
-        [] if needs_grad and dtype == torch.bfloat16 else [activation or "none"] if not needs_grad else ["none"]
-    )
+    # oneDNN: calls without gradient, GELU fused; fp32 calls with gradient too where MKL is not the faster
+    if not needs_grad:
+        assert calls == [activation or "none"]
+    else:
+        assert calls == (["none"] if dtype == torch.float32 and onednn_gradients else [])
     if needs_grad:
         inputs = (x, w, b) if bias else (x, w)
         grad_out = torch.randn_like(ref)
@@ -177,6 +183,33 @@ def test_linear_routes_agree_with_float64_reference(monkeypatch, dtype, needs_gr
         for g, r in zip(grads, ref_grads):
             assert g.dtype == torch.float32
             torch.testing.assert_close(g.double(), r.double(), **{k: 5 * t for k, t in tol.items()})
+
+
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+def test_fp32_gradients_take_mkl_on_intel_and_onednn_elsewhere(monkeypatch, vendor: str) -> None:
+    """Where the fp32 training matmuls go depends on the processor (MKL's fast kernels are Intel's); inference
+    always takes oneDNN; the values and gradients are F.linear's on both routes."""
+    from lightning_vit.backbones import _layers
+
+    if _layers._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    calls = []
+    monkeypatch.setattr(
+        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
+    )
+    monkeypatch.setattr(_layers, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(_layers, "_onednn_fp32_gradients", _layers._onednn_fp32_gradients.__wrapped__)
+    x = torch.randn(6, 16, requires_grad=True)
+    layer = _layers.Linear(16, 8)
+    out = layer(x)
+    out.backward(torch.ones_like(out))
+    ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x.grad, torch.ones_like(out) @ layer.weight)
+    assert calls == ([] if vendor == "GenuineIntel" else ["none", "none"])  # AMD: forward and input gradient
+    with torch.no_grad():
+        layer(x)
+    assert calls[-1:] == ["none"]
 
 
 def test_linear_leaves_traced_and_empty_calls_to_f_linear(monkeypatch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import platform
 from typing import Literal
 
 import torch
@@ -23,6 +25,29 @@ __all__ = [
 
 # oneDNN's matmul with a fused epilogue, what Inductor's CPU backend calls; absent from builds without oneDNN.
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+@functools.cache
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...); ``platform.processor()`` where Linux's
+    ``/proc/cpuinfo`` is absent."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        return platform.processor()
+
+
+@functools.cache
+def _onednn_fp32_gradients() -> bool:
+    """Whether fp32 linears that need a gradient go to oneDNN rather than MKL (``F.linear``).
+
+    MKL picks its fast kernels on Intel processors only: on an AMD EPYC its fp32 matmuls ran 1.3-1.6x slower than
+    oneDNN's (Swin-T's layers, 2 threads), while on an Intel Xeon (Sapphire Rapids class, 2 threads) MKL's forward
+    and backward are the faster ones for most of Swin-T's and CoaT's layers (a Swin-T fp32 training step: linears
+    757 ms with MKL, 870 ms with oneDNN). See README "Performance".
+    """
+    return "intel" not in _cpu_vendor().lower()
 
 
 def attention(
@@ -79,7 +104,9 @@ def linear(
     4x-wide hidden map (13 ms of a 20 ms fc1 at Swin-T stage 0). So on CPU in fp32 or bf16 (autocast included):
 
     - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue;
-    - gradient in fp32: the same matmul, and oneDNN for the input's gradient, in :class:`_OneDnnLinear`;
+    - gradient in fp32, on processors other than Intel's: the same matmul, and oneDNN for the input's gradient, in
+      :class:`_OneDnnLinear`; on Intel's, ``F.linear`` (MKL is the faster there, see
+      :func:`_onednn_fp32_gradients`);
     - gradient in bf16: ``F.linear``, which autocast and oneDNN serve well.
 
     Traced, scripted, compiled and exported calls, other devices and dtypes take ``F.linear``, so exported graphs
@@ -90,7 +117,7 @@ def linear(
         raise ValueError(f"activation: expected None or 'gelu', got {activation!r}")
     dtype = _onednn_dtype(x, weight)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if dtype is None or (needs_grad and dtype != torch.float32):
+    if dtype is None or (needs_grad and (dtype != torch.float32 or not _onednn_fp32_gradients())):
         x = F.linear(x, weight, bias)
         return F.gelu(x) if activation == "gelu" else x
     x, weight = x.to(dtype), weight.to(dtype)
