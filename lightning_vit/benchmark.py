@@ -6,6 +6,8 @@ Examples::
     # backbones, inference and training step, fp32 and bf16, against timm's model of the same name
     python -m lightning_vit benchmark --backbone swin_tiny_patch4_window7_224 coat_lite_tiny \\
         --precision fp32 bf16 --compare timm --json results.json
+    # ScalableViT and PatchConvNet (not in timm) against straightforward ports of their official code
+    python -m lightning_vit benchmark --backbone scalable_vit_small patchconvnet_s60 --compare port
     # a task model: UperNet on Swin-T at 512, Mask R-CNN on CoaT-Lite at 800x1216
     python -m lightning_vit benchmark --backbone swin_tiny_patch4_window7_224 --task segmentation
     python -m lightning_vit benchmark --backbone coat_lite_small --task detection --mode train
@@ -22,8 +24,12 @@ How to read the numbers:
   step and ``zero_grad``, in train mode. ``bf16`` and ``fp16`` run the forward under autocast with fp32 weights;
   ``fp16`` (CUDA only) scales the loss with a GradScaler.
 - Every model runs ``--warmup`` untimed steps (compilation, allocator and cache warm-up), then ``--repeats`` timed
-  steps. Models that are compared (ours and timm's, with and without checkpointing) are built with the same weights
-  and alternate step by step, in alternating order, so that the noise of a shared machine hits them alike.
+  steps. Models that are compared (ours and timm's or the port's, with and without checkpointing) are built with the
+  same weights and alternate step by step, in alternating order, so that the noise of a shared machine hits them
+  alike. ``--compare port`` times ``lightning_vit.ports``: the official code's way of computing ScalableViT and
+  PatchConvNet (token sequences, NCHW copies around convolutions, explicit attention, plain ``nn.Linear``), what
+  a user of the official implementation gets; it takes the sizes the official code takes (ScalableViT: multiples
+  of 224; PatchConvNet: square token grids).
   ``img/s`` is the batch over the median step time; ``ms`` the median, ``p90`` and ``min`` step times.
 - ``cpu ms`` is the median CPU time of the process per step (all its threads). With one thread (``--threads 1``)
   it is the compute time, barely affected by other processes taking the core away; with several it also counts
@@ -367,7 +373,7 @@ def _backbone_of(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Candidate:
-    """One model to time: ``source`` names it in the rows (``ours``, ``timm``, ``ours+ckpt``)."""
+    """One model to time: ``source`` names it in the rows (``ours``, ``timm``, ``port``, ``ours+ckpt``)."""
 
     source: str
     model: nn.Module
@@ -377,11 +383,16 @@ class Candidate:
 def _build_candidates(
     name: str, args: argparse.Namespace, size: tuple[int, int], device: torch.device
 ) -> list[Candidate]:
-    """Ours, then timm's (``--compare timm``) and ours with checkpointing (``--grad_checkpointing``), same weights."""
+    """Ours, then timm's (``--compare timm``) or the port of the official code (``--compare port``), and ours with
+    checkpointing (``--grad_checkpointing``), all with the same weights."""
     ours = _build_task(name, args, size) if args.task else _build_backbone(name, args, size)
     candidates = [Candidate("ours", ours)]
     if args.compare == "timm":
         candidates.append(Candidate("timm", _build_timm(name, args, size, ours)))
+    elif args.compare == "port":
+        from lightning_vit.ports import build_port
+
+        candidates.append(Candidate("port", build_port(ours)))
     if args.grad_checkpointing:
         ckpt = copy.deepcopy(ours)
         _backbone_of(ckpt).set_grad_checkpointing(True)
@@ -527,10 +538,12 @@ def _measure(
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    """``ratio``, ``cpu_ratio``, ``mem_ratio`` of ``ours`` against ``timm`` and of ``ours+ckpt`` against ``ours``."""
+    """``ratio``, ``cpu_ratio``, ``mem_ratio`` of ``ours`` against ``timm`` or ``port`` and of ``ours+ckpt`` against
+    ``ours``."""
     by_source = {r["source"]: r for r in rows}
+    reference = "port" if "port" in by_source else "timm"
     for row in rows:
-        row["vs"] = {"ours": "timm", "ours+ckpt": "ours"}.get(row["source"])
+        row["vs"] = {"ours": reference, "ours+ckpt": "ours"}.get(row["source"])
         ref = by_source.get(row["vs"])
         if ref is None:
             row["vs"] = None
@@ -812,7 +825,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--grad_checkpointing", action="store_true", help="also time training with gradient checkpointing"
     )
     parser.add_argument("--drop_path_rate", type=float, default=0.0, help="stochastic depth of every model built")
-    parser.add_argument("--compare", choices=("timm",), help="also time timm's model of the same name (Swin, CoaT)")
+    parser.add_argument(
+        "--compare",
+        choices=("timm", "port"),
+        help="also time timm's model of the same name (Swin, CoaT) or a straightforward port of the official code "
+        "(ScalableViT, PatchConvNet; lightning_vit.ports)",
+    )
     parser.add_argument("--loop", action="store_true", help="Lightning Trainer vs a plain loop, s/step")
     parser.add_argument("--steps", type=int, default=20, help="--loop: steps per round")
     parser.add_argument("--data", action="store_true", help="decode + training transforms, ours vs timm's")
@@ -846,6 +864,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torc
     if len(size) not in (1, 2) or min(size) < 32:
         parser.error(f"--image_size takes H or H W, each >= 32, got {size}")
     args.image_size = [size[0], size[-1]]
+    if args.compare == "port":
+        _check_ports(parser, args)
     if args.data and args.image_size[0] != args.image_size[1]:
         parser.error("--data crops squares: give one --image_size")
     for option in ("num_classes", "batch_size", "threads"):
@@ -873,6 +893,24 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torc
     if "fp16" in args.precision and device.type != "cuda":
         parser.error("--precision fp16 needs --device cuda (CPUs run fp32 and bf16)")
     return device
+
+
+def _check_ports(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` unless every backbone has a port that takes ``--image_size`` (tried on the meta device)."""
+    from lightning_vit.ports import PORTS, build_port
+
+    if args.task or args.loop or args.data:
+        parser.error("--compare port times backbones only (not with --task, --loop or --data)")
+    for name in args.backbone:
+        with torch.device("meta"):
+            ours = create_backbone(name)
+            if type(ours) not in PORTS:
+                known = ", ".join(cls.__name__ for cls in PORTS)
+                parser.error(f"--compare port: {name} is a {type(ours).__name__}; ports exist for {known}")
+            try:
+                build_port(ours)(torch.empty(1, 3, *args.image_size))
+            except ValueError as err:
+                parser.error(f"--compare port: --image_size {args.image_size[0]} {args.image_size[1]}: {err}")
 
 
 def machine_info(device: torch.device) -> dict:

@@ -69,6 +69,20 @@ def test_timm_model_gets_our_weights() -> None:
         torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["test_scalable_vit", "test_patchconvnet"])
+def test_compare_port_rows_time_the_official_style_port_with_our_weights(name: str) -> None:
+    args = ["--backbone", name, "--image_size", "224", "--compare", "port", "--num_classes", "10", *TINY]
+    rows = benchmark.main(args)
+    assert [(r["mode"], r["source"]) for r in rows] == [
+        ("infer", "ours"), ("infer", "port"), ("train", "ours"), ("train", "port")
+    ]  # fmt: skip
+    for ours, port in (rows[:2], rows[2:]):
+        _check_timings(ours)
+        _check_timings(port)
+        assert ours["vs"] == "port" and ours["ratio"] == pytest.approx(ours["img_s"] / port["img_s"])
+        assert port["vs"] is None and ours["state_mb"] == pytest.approx(port["state_mb"])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -85,6 +99,10 @@ def test_timm_model_gets_our_weights() -> None:
         (["--backbone", "test_swin", "--data_root", "x"], "give --data too"),
         (["--backbone", "test_swin", "--mode", "infer", "--grad_checkpointing"], "add --mode train"),
         (["--backbone", "test_swin", "--json", "no/such/dir/out.json"], "folder no/such/dir does not exist"),
+        (["--backbone", "test_swin", "--compare", "port"], "test_swin is a SwinTransformer; ports exist for"),
+        (["--backbone", "test_scalable_vit", "--compare", "port", "--image_size", "256"], "multiples of 224"),
+        (["--backbone", "test_patchconvnet", "--compare", "port", "--image_size", "224", "320"], "square token grid"),
+        (["--backbone", "test_patchconvnet", "--compare", "port", "--task", "classification"], "backbones only"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(argv: list[str], message: str, capsys) -> None:

@@ -75,6 +75,8 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
     """What every family's ``_create_*`` does: refuse hub weights (there are none here) and build ``model_cls``.
 
     The keys timm's ``create_model`` adds (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``) are dropped.
+    The model keeps the keyword arguments it was built with as ``model_args``, which rebuild the same architecture
+    (``lightning_vit.ports.build_port`` does).
     """
     if pretrained:
         raise ValueError(
@@ -83,7 +85,9 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
         )
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
-    return model_cls(**kwargs)
+    model = model_cls(**kwargs)
+    model.model_args = dict(kwargs)
+    return model
 
 
 def _check_name(name: str) -> None:
