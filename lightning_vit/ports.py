@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp
 from timm.models._efficientnet_blocks import SqueezeExcite
 
+from lightning_vit.backbones import patchconvnet, scalable_vit
 from lightning_vit.backbones.patchconvnet import PatchConvNet
 from lightning_vit.backbones.scalable_vit import ScalableViT
 
@@ -57,13 +59,8 @@ def _merge_windows(x: torch.Tensor, h: int, w: int, ws: int) -> torch.Tensor:
     return x.transpose(2, 3).reshape(b, h, w, nh * hd)
 
 
-class ConvPatchEmbed(nn.Module):
-    """Strided conv then LayerNorm: map (B, C_in, H, W) -> tokens (B, H'*W', C) and (H', W')."""
-
-    def __init__(self, in_chans: int, embed_dim: int, kernel_size: int, stride: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride, padding=kernel_size // 2)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+class ConvPatchEmbed(scalable_vit.ConvPatchEmbed):
+    """Our patch embedding's layers, the official output: map (B, C_in, H, W) -> tokens (B, H'*W', C), (H', W')."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(x)
@@ -71,12 +68,8 @@ class ConvPatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), (h, w)  # (B, N, C)
 
 
-class PosCNN(nn.Module):
-    """PEG: 3x3 depthwise conv plus residual, on tokens copied into a contiguous NCHW map."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.proj = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim))
+class PosCNN(scalable_vit.PosConv):
+    """PEG with our layers: 3x3 depthwise conv plus residual, on tokens copied into a contiguous NCHW map."""
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, n, c = x.shape
@@ -222,7 +215,7 @@ class ScalableViTPort(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         in_dims = (in_chans, *embed_dims[:-1])
         self.patch_embeds = nn.ModuleList(
-            ConvPatchEmbed(c_in, c, kernel_size=7 if i == 0 else 3, stride=4 if i == 0 else 2)
+            ConvPatchEmbed(c_in, c, 7 if i == 0 else 3, 4 if i == 0 else 2, partial(nn.LayerNorm, eps=1e-6))
             for i, (c_in, c) in enumerate(zip(in_dims, embed_dims))
         )
         self.pos_block = nn.ModuleList(PosCNN(c) for c in embed_dims)
@@ -271,18 +264,8 @@ class ScalableViTPort(nn.Module):
 # PatchConvNet (facebookresearch/deit) ---------------------------------------------------------------------------
 
 
-class ConvStem(nn.Module):
-    """Four 3x3 stride-2 convs without bias, GELU between: images (B, C_in, H, W) -> tokens (B, N, D)."""
-
-    def __init__(self, in_chans: int, embed_dim: int) -> None:
-        super().__init__()
-        chans = (in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim)
-        layers: list[nn.Module] = []
-        for i in range(4):
-            if i:
-                layers.append(nn.GELU())
-            layers.append(nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1, bias=False)))
-        self.proj = nn.Sequential(*layers)
+class ConvStem(patchconvnet.ConvStem):
+    """Our stem's layers (four 3x3 stride-2 convs), the official output: tokens (B, N, D) of a square grid."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
