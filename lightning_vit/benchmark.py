@@ -21,8 +21,8 @@ How to read the numbers:
 
 - A *step* is one batch. ``infer``: forward pass in eval mode under ``torch.inference_mode``. ``train``: forward,
   cross-entropy against random labels (a task model's own ``training_step`` loss with ``--task``), backward, AdamW
-  step and ``zero_grad``, in train mode. ``bf16`` and ``fp16`` run the forward under autocast with fp32 weights;
-  ``fp16`` (CUDA only) scales the loss with a GradScaler.
+  step (fused on CPU and CUDA, as the tasks' default optimizer) and ``zero_grad``, in train mode. ``bf16`` and
+  ``fp16`` run the forward under autocast with fp32 weights; ``fp16`` (CUDA only) scales the loss with a GradScaler.
 - Every model runs ``--warmup`` untimed steps (compilation, allocator and cache warm-up), then ``--repeats`` timed
   steps. Models that are compared (ours and timm's or the port's, with and without checkpointing) are built with the
   same weights and alternate step by step, in alternating order, so that the noise of a shared machine hits them
@@ -425,7 +425,8 @@ def _step_fn(
         return infer, None
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.05)
+    fused = device.type in ("cpu", "cuda") or None  # as the tasks' default optimizer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.05, fused=fused)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def train() -> None:
@@ -611,7 +612,7 @@ def run_loop(args: argparse.Namespace, device: torch.device) -> list[dict]:
         return clock.starts
 
     def plain_run() -> list[float]:
-        optimizer = torch.optim.AdamW(param_groups(plain_model, 0.05, plain_model.no_weight_decay()), lr=1e-3)
+        optimizer = plain_model.default_optimizer(param_groups(plain_model, 0.05, plain_model.no_weight_decay()))
         scheduler = build_scheduler(optimizer, "cosine", total_steps=steps, min_lr=1e-5)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         plain_model.train()

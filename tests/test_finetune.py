@@ -213,6 +213,25 @@ class RecordLR(L.Callback):
         self.steps.append(_per_param(task, trainer.optimizers[0], "lr"))
 
 
+class RecordFused(L.Callback):
+    def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        self.fused = [g["fused"] for g in trainer.optimizers[0].param_groups]
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_default_optimizer_is_fused_unless_lightning_refuses_it(clip: float | None) -> None:
+    """The default AdamW takes the fused kernel on CPU; with gradient clipping under bf16-mixed, which Lightning
+    refuses for fused optimizers, the unfused one, and both runs train."""
+    task = ImageClassifier("test_coat_lite", num_classes=3)
+    record = RecordFused()
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    _trainer(1, [record], enable_checkpointing=False, precision="bf16-mixed", gradient_clip_val=clip).fit(
+        task, datamodule=RandomImages(batch_size=2)
+    )
+    assert set(record.fused) == ({None} if clip else {True})
+    assert all(not torch.equal(before[n], p) for n, p in task.named_parameters() if n.endswith("weight"))
+
+
 def test_schedule_scales_with_each_layer() -> None:
     task = ImageClassifier(
         "test_patchconvnet", num_classes=3, layer_decay=0.5, lr_batch_size=1, scheduler="cosine", warmup_steps=2,

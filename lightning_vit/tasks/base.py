@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
@@ -27,7 +29,8 @@ class BaseTask(L.LightningModule, ABC):
 
     Args:
         optimizer: a callable taking parameter groups, e.g. ``torch.optim.AdamW`` with its ``lr`` and
-            ``weight_decay`` in the config; the default is AdamW(lr=1e-3, weight_decay=0.05).
+            ``weight_decay`` in the config; the default is AdamW(lr=1e-3, weight_decay=0.05), fused where the
+            parameters' device has the kernel (see :meth:`default_optimizer`).
         lr_batch_size: the batch size the configured ``lr`` (and ``head_lr``) refers to: every learning rate is
             scaled by ``global batch / lr_batch_size`` (global batch = per-process batch x processes x
             accumulation). ``None`` uses the learning rates as given.
@@ -74,9 +77,25 @@ class BaseTask(L.LightningModule, ABC):
             raise ValueError(f"model.init_args.freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}")
         super().__init__()
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects every __init__ frame
-        self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05))
+        self.optimizer_factory = optimizer or self.default_optimizer
         self._frozen_params: list[nn.Parameter] = []
         self.eval_losses = nn.ModuleDict({"val_loss": MeanMetric(), "test_loss": MeanMetric()})
+
+    def default_optimizer(self, params: Iterable[nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
+        """AdamW(lr=1e-3, weight_decay=0.05), with the fused kernel (one pass over each parameter's update instead
+        of about ten ops per parameter: Swin-T's step on 2 CPU threads 58 -> 21 ms) where every parameter's device
+        has it (CPU, CUDA) and Lightning allows it: its mixed-precision plugin refuses gradient clipping with
+        fused optimizers (``trainer.gradient_clip_val`` under ``bf16-mixed`` / ``16-mixed``). The same update as
+        the unfused AdamW up to rounding, and the optimizer state loads either way."""
+        groups = list(params)
+        tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+        trainer = self._trainer
+        if getattr(trainer, "gradient_clip_val", None) and isinstance(
+            getattr(trainer, "precision_plugin", None), MixedPrecision
+        ):
+            fused = False
+        return torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05, fused=fused or None)
 
     def log_eval_loss(self, name: str, loss: torch.Tensor, batch_size: int) -> None:
         """Log ``val_loss`` / ``test_loss`` as the mean over every sample of the epoch, exact across processes.
