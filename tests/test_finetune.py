@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import CONFIGS
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader
 
 from lightning_vit.backbones import create_backbone
@@ -214,22 +215,45 @@ class RecordLR(L.Callback):
 
 
 class RecordFused(L.Callback):
+    """Whether the optimizer is fused, and the gradient norm each step used (after clipping, which runs after
+    ``on_before_optimizer_step``; the gradients stay until the next step zeroes them)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
     def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
-        self.fused = [g["fused"] for g in trainer.optimizers[0].param_groups]
+        self.fused = {g["fused"] for g in trainer.optimizers[0].param_groups}
+
+    def on_train_batch_end(self, trainer: L.Trainer, task: L.LightningModule, *args) -> None:
+        grads = [p.grad for p in task.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
 
 
-@pytest.mark.parametrize("clip", [None, 1.0])
-def test_default_optimizer_is_fused_unless_lightning_refuses_it(clip: float | None) -> None:
-    """The default AdamW takes the fused kernel on CPU; with gradient clipping under bf16-mixed, which Lightning
-    refuses for fused optimizers, the unfused one, and both runs train."""
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_default_optimizer_is_fused_and_clips_under_bf16(clip: float | None) -> None:
+    """The default AdamW takes the fused kernel on CPU, also with gradient clipping under bf16-mixed, which the
+    task does itself where Lightning's plugin refuses fused optimizers; the model trains."""
     task = ImageClassifier("test_coat_lite", num_classes=3)
     record = RecordFused()
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
-    _trainer(1, [record], enable_checkpointing=False, precision="bf16-mixed", gradient_clip_val=clip).fit(
-        task, datamodule=RandomImages(batch_size=2)
-    )
-    assert set(record.fused) == ({None} if clip else {True})
+    trainer = _trainer(1, [record], enable_checkpointing=False, precision="bf16-mixed", gradient_clip_val=clip)
+    trainer.fit(task, datamodule=RandomImages(batch_size=2))
+    assert record.fused == {True} and len(record.norms) == 2
+    if clip:  # at the threshold: random init gives far larger gradients
+        assert record.norms == pytest.approx([clip] * 2, rel=1e-3)
+    else:
+        assert min(record.norms) > 1e-2
     assert all(not torch.equal(before[n], p) for n, p in task.named_parameters() if n.endswith("weight"))
+
+
+def test_default_optimizer_is_unfused_when_16_mixed_clips() -> None:
+    """Under 16-mixed, clipping needs the unscaled gradients before the step: the default AdamW is not fused."""
+    task = ImageClassifier("test_coat_lite", num_classes=3)
+    scaler = torch.amp.GradScaler("cpu")
+    task.trainer = SimpleNamespace(gradient_clip_val=1.0, precision_plugin=MixedPrecision("16-mixed", "cpu", scaler))
+    assert task.default_optimizer(task.parameters()).param_groups[0]["fused"] is None
+    task.trainer = SimpleNamespace(gradient_clip_val=None, precision_plugin=MixedPrecision("16-mixed", "cpu", scaler))
+    assert task.default_optimizer(task.parameters()).param_groups[0]["fused"] is True
 
 
 def test_schedule_scales_with_each_layer() -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info
 from torchmetrics import MeanMetric
 
 from lightning_vit.datamodules.base import SkippedSamplesReport
@@ -84,18 +84,38 @@ class BaseTask(L.LightningModule, ABC):
     def default_optimizer(self, params: Iterable[nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
         """AdamW(lr=1e-3, weight_decay=0.05), with the fused kernel (one pass over each parameter's update instead
         of about ten ops per parameter: Swin-T's step on 2 CPU threads 58 -> 21 ms) where every parameter's device
-        has it (CPU, CUDA) and Lightning allows it: its mixed-precision plugin refuses gradient clipping with
-        fused optimizers (``trainer.gradient_clip_val`` under ``bf16-mixed`` / ``16-mixed``). The same update as
-        the unfused AdamW up to rounding, and the optimizer state loads either way."""
+        has it (CPU, CUDA), except with gradient clipping under ``16-mixed``, whose loss scale a fused optimizer
+        removes only inside its step, after clipping would have run (Lightning refuses the combination). The same
+        update as the unfused AdamW up to rounding, and the optimizer state loads either way."""
         groups = list(params)
         tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
-        trainer = self._trainer
-        if getattr(trainer, "gradient_clip_val", None) and isinstance(
-            getattr(trainer, "precision_plugin", None), MixedPrecision
-        ):
+        if getattr(self._trainer, "gradient_clip_val", None) and self._loss_scaler() is not None:
             fused = False
         return torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05, fused=fused or None)
+
+    def _loss_scaler(self) -> torch.amp.GradScaler | None:
+        plugin = getattr(self._trainer, "precision_plugin", None)
+        return plugin.scaler if isinstance(plugin, MixedPrecision) else None
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, and also for fused optimizers under ``bf16-mixed``: Lightning's mixed-precision
+        plugin refuses to clip for any optimizer that unscales gradients in its step, but bf16 has no loss scale,
+        so the gradients are the true ones and are clipped here as Lightning clips them for other optimizers."""
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        plugin = self.trainer.precision_plugin
+        if not (gradient_clip_val and fused and isinstance(plugin, MixedPrecision) and plugin.scaler is None):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == GradClipAlgorithmType.VALUE:
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def log_eval_loss(self, name: str, loss: torch.Tensor, batch_size: int) -> None:
         """Log ``val_loss`` / ``test_loss`` as the mean over every sample of the epoch, exact across processes.
