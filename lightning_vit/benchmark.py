@@ -34,8 +34,10 @@ How to read the numbers:
 - ``cpu ms`` is the median CPU time of the process per step (all its threads). With one thread (``--threads 1``)
   it is the compute time, barely affected by other processes taking the core away; with several it also counts
   threads spinning while they wait for each other. On CUDA it is the host's time.
-- ``ratio`` is the row's img/s over that of the row named in ``vs`` (above 1: faster), ``cpu ratio`` the same from
-  CPU times, ``mem ratio`` the row's memory over the other's. Prefer ratios to absolute figures on a busy machine,
+- ``ratio`` is the row's img/s over that of the row named in ``vs`` (above 1: faster), ``q1`` and ``q3`` the
+  quartiles of the ratio round by round (the two steps of a round ran back to back: a spread that straddles 1 says
+  the two are even within the machine's noise), ``cpu ratio`` the same from CPU times, ``mem ratio`` the row's
+  memory over the other's. Prefer ratios to absolute figures on a busy machine,
   and ``cpu ratio`` with ``--threads 1`` where other processes share the cores.
 - ``mem MB`` = parameters, buffers and optimizer state (exact tensor bytes) plus the peak growth during one extra
   step. On CUDA the growth is ``torch.cuda.max_memory_allocated`` minus what was allocated before the step. On CPU
@@ -527,6 +529,7 @@ def _measure(
                 "latency_ms": stats["median"],
                 "latency_p90_ms": stats["p90"],
                 "latency_min_ms": stats["min"],
+                "step_ms": [t * 1e3 for t in wall[c.source]],  # in round order (see _add_ratios)
                 "cpu_ms": float(np.median(cpu[c.source])) * 1e3,
                 "state_mb": state / 2**20,
                 "step_peak_mb": None if peak is None else peak / 2**20,
@@ -534,13 +537,14 @@ def _measure(
                 "saved_mb": None if saved is None else saved / 2**20,
             }
         )
-    _add_ratios(rows)
+    _add_ratios(rows, wall)
     return rows
 
 
-def _add_ratios(rows: list[dict]) -> None:
+def _add_ratios(rows: list[dict], wall: dict[str, list[float]]) -> None:
     """``ratio``, ``cpu_ratio``, ``mem_ratio`` of ``ours`` against ``timm`` or ``port`` and of ``ours+ckpt`` against
-    ``ours``."""
+    ``ours``; ``ratio_q1`` and ``ratio_q3``, the quartiles of the round-by-round ratios (each timed round runs both
+    models back to back, so a round's ratio compares steps taken under the same load)."""
     by_source = {r["source"]: r for r in rows}
     reference = "port" if "port" in by_source else "timm"
     for row in rows:
@@ -549,6 +553,8 @@ def _add_ratios(rows: list[dict]) -> None:
         if ref is None:
             row["vs"] = None
         row["ratio"] = row["img_s"] / ref["img_s"] if ref else None
+        rounds = np.asarray(wall[ref["source"]]) / np.asarray(wall[row["source"]]) if ref else None
+        row["ratio_q1"], row["ratio_q3"] = (float(q) for q in np.percentile(rounds, [25, 75])) if ref else (None, None)
         row["cpu_ratio"] = ref["cpu_ms"] / row["cpu_ms"] if ref else None
         row["mem_ratio"] = row["mem_mb"] / ref["mem_mb"] if ref and row["mem_mb"] and ref["mem_mb"] else None
 
@@ -951,7 +957,8 @@ MODEL_COLUMNS = [
     ("batch", "batch", "d"), ("size", "size", ""), ("img/s", "img_s", ".2f"), ("ms", "latency_ms", ".1f"),
     ("p90", "latency_p90_ms", ".1f"), ("min", "latency_min_ms", ".1f"), ("cpu ms", "cpu_ms", ".1f"),
     ("mem MB", "mem_mb", ".0f"), ("saved MB", "saved_mb", ".0f"), ("vs", "vs", ""), ("ratio", "ratio", ".2f"),
-    ("cpu ratio", "cpu_ratio", ".2f"), ("mem ratio", "mem_ratio", ".2f"),
+    ("q1", "ratio_q1", ".2f"), ("q3", "ratio_q3", ".2f"), ("cpu ratio", "cpu_ratio", ".2f"),
+    ("mem ratio", "mem_ratio", ".2f"),
 ]  # fmt: skip
 LOOP_COLUMNS = [
     ("model", "model", ""), ("runner", "runner", ""), ("prec", "precision", ""), ("batch", "batch", "d"),

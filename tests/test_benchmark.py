@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -49,13 +50,18 @@ def test_compare_timm_rows_are_interleaved_pairs_with_consistent_ratios(tmp_path
         assert ours["vs"] == "timm" and ours["ratio"] == pytest.approx(ours["img_s"] / theirs["img_s"])
         assert ours["cpu_ratio"] == pytest.approx(theirs["cpu_ms"] / ours["cpu_ms"])
         assert theirs["vs"] is None and theirs["ratio"] is None and theirs["cpu_ratio"] is None
+        assert theirs["ratio_q1"] is None and theirs["ratio_q3"] is None
+        rounds = np.asarray(theirs["step_ms"]) / np.asarray(ours["step_ms"])  # round by round, in order
+        assert len(rounds) == 2 and ours["latency_ms"] == pytest.approx(np.median(ours["step_ms"]))
+        assert [ours["ratio_q1"], ours["ratio_q3"]] == pytest.approx(np.percentile(rounds, [25, 75]))
+        assert rounds.min() <= ours["ratio_q1"] <= ours["ratio_q3"] <= rounds.max()
         if ours["mem_mb"] is not None:
             assert ours["mem_ratio"] == pytest.approx(ours["mem_mb"] / theirs["mem_mb"])
         # same architecture, same weights: the same parameter and optimizer-state bytes (timm lacks unused norms)
         assert ours["state_mb"] == pytest.approx(theirs["state_mb"], rel=0.01)
     table = capsys.readouterr().out
     assert table.startswith("machine: cpu ") and table.count("| coat_lite_tiny") == 8
-    headers = ("img/s", "p90", "cpu ms", "mem MB", "vs", "ratio", "cpu ratio", "mem ratio")
+    headers = ("img/s", "p90", "cpu ms", "mem MB", "vs", "ratio", "q1", "q3", "cpu ratio", "mem ratio")
     assert all(f" {header} " in table for header in headers)
 
 
