@@ -7,8 +7,8 @@ every page then faults again on its next use, and the kernel zeroes it. Training
 2 threads, AMD EPYC, fused AdamW), five pairs of processes with and without these settings: Swin-T took 67,000-79,000
 page faults per step with glibc's defaults and 150-1,200 with these, and its median step 1069 -> 989 ms on average
 (faster in all five pairs); CoaT-Lite Tiny 10,000-34,000 -> 0-1,200 faults, 652 -> 634 ms (faster in four of five).
-Peak resident memory changed by -1% to +3%. ``LIGHTNING_VIT_MALLOC=default`` keeps glibc's defaults. The library never changes them on
-import; call the function to get the same in your own scripts.
+Peak resident memory changed by -1% to +3%. ``LIGHTNING_VIT_MALLOC=default`` keeps glibc's defaults. The library
+never changes them on import; call the function to get the same in your own scripts.
 """
 
 from __future__ import annotations
