@@ -220,6 +220,7 @@ class RecordFused(L.Callback):
 
     def __init__(self) -> None:
         self.norms: list[float] = []
+        self.max_abs: list[float] = []
 
     def on_train_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         self.fused = {g["fused"] for g in trainer.optimizers[0].param_groups}
@@ -227,22 +228,28 @@ class RecordFused(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, task: L.LightningModule, *args) -> None:
         grads = [p.grad for p in task.parameters() if p.grad is not None]
         self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        self.max_abs.append(max(g.abs().max().item() for g in grads))
 
 
-@pytest.mark.parametrize("clip", [None, 1e-3])
-def test_default_optimizer_is_fused_and_clips_under_bf16(clip: float | None) -> None:
+@pytest.mark.parametrize("clip, algorithm", [(None, None), (1e-3, "norm"), (1e-5, "value")])
+def test_default_optimizer_is_fused_and_clips_under_bf16(clip: float | None, algorithm: str | None) -> None:
     """The default AdamW takes the fused kernel on CPU, also with gradient clipping under bf16-mixed, which the
     task does itself where Lightning's plugin refuses fused optimizers; the model trains."""
     task = ImageClassifier("test_coat_lite", num_classes=3)
     record = RecordFused()
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
-    trainer = _trainer(1, [record], enable_checkpointing=False, precision="bf16-mixed", gradient_clip_val=clip)
+    trainer = _trainer(
+        1, [record], enable_checkpointing=False, precision="bf16-mixed", gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+    )  # fmt: skip
     trainer.fit(task, datamodule=RandomImages(batch_size=2))
     assert record.fused == {True} and len(record.norms) == 2
-    if clip:  # at the threshold: random init gives far larger gradients
+    if algorithm == "norm":  # at the threshold: random init gives far larger gradients
         assert record.norms == pytest.approx([clip] * 2, rel=1e-3)
+    elif algorithm == "value":  # every entry within +-clip, and the largest at it
+        assert record.max_abs == pytest.approx([clip] * 2, rel=1e-6)
     else:
-        assert min(record.norms) > 1e-2
+        assert min(record.norms) > 1e-2 and min(record.max_abs) > 1e-4
     assert all(not torch.equal(before[n], p) for n, p in task.named_parameters() if n.endswith("weight"))
 
 
