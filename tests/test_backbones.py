@@ -141,6 +141,36 @@ def test_attention_routes_agree_with_float64_reference(dtype, mask_grad, dq, dv)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask_grad", [False, True])
+@pytest.mark.parametrize("mask_dtype", [None, torch.float32])
+def test_attention_per_window_mask_and_wider_mask(dtype, mask_grad, mask_dtype) -> None:
+    """A mask of M windows applies to batch entry i as mask[i % M] (window_partition order) on every route, with
+    its gradient summed over the batch; an fp32 mask on bf16 inputs takes the softmax in fp32 (closer to the
+    float64 reference than the bf16 mask's route) and returns v's dtype."""
+    from lightning_vit.backbones._layers import attention
+
+    torch.manual_seed(0)
+    batch, windows = 3, 4
+    q, k, v = (torch.randn(batch * windows, 2, 9, 8) for _ in range(3))
+    mask = torch.randn(windows, 2, 9, 9).requires_grad_(mask_grad)
+    full = mask.double().repeat(batch, 1, 1, 1)  # (B*M, ...): entry i gets mask[i % M]
+    ref = torch.softmax(q.double() @ k.double().transpose(-2, -1) * 0.3 + full, -1) @ v.double()
+    with torch.set_grad_enabled(mask_grad):
+        out = attention(*(t.to(dtype) for t in (q, k, v)), 0.3, mask.to(mask_dtype or dtype))
+    assert out.dtype == dtype and out.shape == ref.shape
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    if mask_grad:
+        grad_out = torch.randn_like(ref)
+        (grad,) = torch.autograd.grad(out.double(), mask, grad_out)
+        (ref_grad,) = torch.autograd.grad(ref, mask, grad_out)
+        torch.testing.assert_close(grad.double(), ref_grad.double(), **{k: 5 * t for k, t in tol.items()})
+    if dtype == torch.bfloat16 and mask_dtype is not None:  # the fp32 softmax: closer to the reference
+        narrow = attention(*(t.to(dtype) for t in (q, k, v)), 0.3, mask.detach().to(dtype))
+        assert (out.double() - ref).abs().mean() < (narrow.double() - ref).abs().mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("needs_grad", [False, True])
 @pytest.mark.parametrize("activation", [None, "gelu"])
 @pytest.mark.parametrize("bias", [True, False])

@@ -58,7 +58,17 @@ def attention(
     attn_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """``softmax(q k^T * scale + attn_mask) v`` over (..., N, d) tensors, by the fastest exact route for the call.
+    """``softmax(q k^T * scale + attn_mask) v`` over (B, ..., N, d) tensors, by the fastest exact route for the call.
+
+    ``attn_mask`` is additive, (M, ..., N, N) with as many dimensions as the scores, and applies to batch entry
+    ``i`` as ``attn_mask[i % M]``: M = 1 or B broadcast as usual, and a per-window mask (M windows, B = batch x M in
+    :func:`window_partition` order) is added to the scores viewed as (B / M, M, ...), without a B-sized copy.
+    A mask of fewer dimensions broadcasts as usual.
+
+    A mask in a wider dtype than q (an fp32 position bias under bf16 autocast) makes the scores and their softmax
+    that dtype, as in timm's and the official code, where the fp32 bias is added to the bf16 scores: more accurate,
+    and on CPU also faster, the bf16 softmax over rows of 49 being the slower one. The probabilities are cast back
+    to v's dtype for the last product.
 
     ``scaled_dot_product_attention`` where its fused kernels apply. On CPU those kernels cover fp32 only, and an
     additive mask that needs a gradient (a learned position bias) also sends SDPA to its unfused path, which on
@@ -68,14 +78,25 @@ def attention(
     need one head width for q, k and v; a narrower v (or q/k) is zero-padded, which is exact: zero q/k channels
     add nothing to the scores, zero v channels give zero outputs, which are sliced off.
     """
+    # a trace takes the grouped route for M = 1 too, so that sizes giving other window counts export as well
+    grouped = (
+        attn_mask is not None and attn_mask.dim() == q.dim() and (attn_mask.shape[0] != 1 or torch.jit.is_tracing())
+    )
     if q.device.type == "cpu" and _plain_ops_faster(q, attn_mask):
         attn = (q * scale) @ k.transpose(-2, -1)
-        if attn_mask is not None:
+        if grouped:
+            attn = (attn.view(-1, attn_mask.shape[0], *attn.shape[1:]) + attn_mask).view(attn.shape)
+        elif attn_mask is not None:
             attn = attn + attn_mask
         attn = attn.softmax(dim=-1)
         if dropout_p:
             attn = F.dropout(attn, dropout_p)
-        return attn @ v
+        return attn.to(v.dtype) @ v
+    if grouped:  # SDPA takes a mask that broadcasts: (B / M, M, ...) -> (B, ...)
+        m = attn_mask.shape[0]
+        attn_mask = attn_mask.expand(q.shape[0] // m, *attn_mask.shape).reshape(q.shape[0], *attn_mask.shape[1:])
+    if attn_mask is not None:
+        attn_mask = attn_mask.to(q.dtype)
     dq, dv = q.shape[-1], v.shape[-1]
     if dq > dv:
         v = F.pad(v, (0, dq - dv))

@@ -133,9 +133,7 @@ class IWSA(nn.Module):
         hp, wp = qkv.shape[1:3]
         qkv = window_partition(qkv, ws).view(-1, ws * ws, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B*nW, nh, ws*ws, hd)
-        mask = _window_key_mask(h, w, ws, x.device, q.dtype)
-        if mask is not None:
-            mask = mask.repeat(b, 1, 1, 1)  # (B*nW, 1, 1, ws*ws), windows batch-major as window_partition
+        mask = _window_key_mask(h, w, ws, x.device, q.dtype)  # (nW, 1, 1, ws*ws): `attention` applies it per window
         x = attention(q, k, v, self.scale, mask, self.attn_drop if self.training else 0.0)
         x = window_reverse(x.transpose(1, 2).reshape(-1, ws * ws, c), ws, hp, wp)  # (B, Hp, Wp, C)
         x = (x[:, :h, :w] + lim).reshape(b, h * w, c)

@@ -167,14 +167,11 @@ class WindowAttention(nn.Module):
         """
         bw, n, c = x.shape
         q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B*nW, nH, N, d)
-        bias = self.relative_position_bias().to(q.dtype)
-        if shift_mask is None:
-            attn_mask = bias.unsqueeze(0)  # (1, nH, N, N), broadcast over windows
-        else:  # combined in the compute dtype, so that the (B*nW)-sized mask is the only large tensor made
-            nw = shift_mask.shape[0]
-            attn_mask = shift_mask.to(q.dtype).unsqueeze(1) + bias  # (nW, nH, N, N)
-            attn_mask = attn_mask.expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)  # (B*nW, nH, N, N)
-        x = attention(q, k, v, self.scale, attn_mask, self.attn_drop if self.training else 0.0)
+        # in the table's dtype (fp32 under autocast), so the scores and their softmax are too (see `attention`)
+        bias = self.relative_position_bias().unsqueeze(0)  # (1, nH, N, N)
+        if shift_mask is not None:  # (nW, nH, N, N): `attention` applies it window by window
+            bias = shift_mask.to(bias.dtype).unsqueeze(1) + bias
+        x = attention(q, k, v, self.scale, bias, self.attn_drop if self.training else 0.0)  # (B*nW, nH, N, d)
         x = x.transpose(1, 2).reshape(bw, n, c)  # (B*nW, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -300,9 +297,8 @@ class SwinTransformerStage(nn.Module):
             ws = self.window_size
             # (n + ws - 1) // ws, not -(-n // ws): traced sizes export to ONNX with truncating division
             hp, wp = (x.shape[1] + ws - 1) // ws * ws, (x.shape[2] + ws - 1) // ws * ws
-            autocast = torch.is_autocast_enabled(x.device.type)
-            dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype  # the dtype of q, k, v
-            shift_mask = shift_window_mask(hp, wp, ws, self.shift_size, x.device, dtype)  # (nW, N, N)
+            # in the dtype of the residual stream, which is the parameters' (fp32 under autocast), as the bias's
+            shift_mask = shift_window_mask(hp, wp, ws, self.shift_size, x.device, x.dtype)  # (nW, N, N)
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, shift_mask, use_reentrant=False)
