@@ -91,6 +91,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lightning_vit.backbones import backbone_family, create_backbone
+from lightning_vit.tasks.optim import fused_kernel_available
 
 __all__ = [
     "PeakMemory",
@@ -427,8 +428,9 @@ def _step_fn(
         return infer, None
 
     model.train()
-    fused = device.type in ("cpu", "cuda") or None  # as the tasks' default optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.05, fused=fused)
+    params = list(model.parameters())
+    fused = fused_kernel_available(params) or None  # as the tasks' default optimizer
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, fused=fused)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def train() -> None:

@@ -1,4 +1,4 @@
-"""Process settings of the command line (``python -m lightning_vit``), applied before anything else runs.
+"""Process settings of the command line (``python -m lightning_vit``), applied before the command runs.
 
 :func:`tune_malloc`: on Linux with glibc, tensors up to 32 MB come from the heap and the heap is not handed back to
 the system after each step. glibc's defaults return freed memory as soon as its top exceeds a threshold that a

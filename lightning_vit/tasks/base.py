@@ -11,12 +11,12 @@ import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info
 from torchmetrics import MeanMetric
 
 from lightning_vit.datamodules.base import SkippedSamplesReport
-from lightning_vit.tasks.optim import backbone_layer_ids, build_scheduler, param_groups
+from lightning_vit.tasks.optim import backbone_layer_ids, build_scheduler, fused_kernel_available, param_groups
 
 __all__ = ["BaseTask"]
 
@@ -88,13 +88,13 @@ class BaseTask(L.LightningModule, ABC):
         removes only inside its step, after clipping would have run (Lightning refuses the combination). The same
         update as the unfused AdamW up to rounding, and the optimizer state loads either way."""
         groups = list(params)
-        tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
+        fused = fused_kernel_available(groups)
         if getattr(self._trainer, "gradient_clip_val", None) and self._loss_scaler() is not None:
             fused = False
         return torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05, fused=fused or None)
 
     def _loss_scaler(self) -> torch.amp.GradScaler | None:
+        """The mixed-precision plugin's GradScaler (``16-mixed``); None without one (``bf16-mixed``, full precision)."""
         plugin = getattr(self._trainer, "precision_plugin", None)
         return plugin.scaler if isinstance(plugin, MixedPrecision) else None
 
@@ -106,16 +106,13 @@ class BaseTask(L.LightningModule, ABC):
     ) -> None:
         """Lightning's clipping, and also for fused optimizers under ``bf16-mixed``: Lightning's mixed-precision
         plugin refuses to clip for any optimizer that unscales gradients in its step, but bf16 has no loss scale,
-        so the gradients are the true ones and are clipped here as Lightning clips them for other optimizers."""
-        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        so the gradients are the true ones and Lightning's own clipping (the base precision plugin's) applies."""
         plugin = self.trainer.precision_plugin
-        if not (gradient_clip_val and fused and isinstance(plugin, MixedPrecision) and plugin.scaler is None):
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if not (gradient_clip_val and fused and isinstance(plugin, MixedPrecision) and self._loss_scaler() is None):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if gradient_clip_algorithm == GradClipAlgorithmType.VALUE:
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+        Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
 
     def log_eval_loss(self, name: str, loss: torch.Tensor, batch_size: int) -> None:
         """Log ``val_loss`` / ``test_loss`` as the mean over every sample of the epoch, exact across processes.

@@ -11,13 +11,20 @@ import torch.nn as nn
 from timm.models import group_parameters
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["SCHEDULES", "backbone_layer_ids", "param_groups", "build_scheduler"]
+__all__ = ["SCHEDULES", "backbone_layer_ids", "param_groups", "build_scheduler", "fused_kernel_available"]
 
 SCHEDULES = ("cosine", "poly", "step", "constant")
 
 
 def _excluded(name: str, no_decay: Iterable[str]) -> bool:
     return any(name == n or name.startswith(n + ".") for n in no_decay)
+
+
+def fused_kernel_available(params: Iterable[nn.Parameter] | Iterable[dict]) -> bool:
+    """Whether torch's fused AdamW kernel serves ``params`` (parameters or parameter groups): floating-point
+    parameters, all on CPU or CUDA."""
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)
 
 
 def backbone_layer_ids(backbone: nn.Module) -> dict[str, int]:
