@@ -242,6 +242,42 @@ def test_fp32_gradients_take_mkl_on_intel_and_onednn_elsewhere(monkeypatch, vend
     assert calls[-1:] == ["none"]
 
 
+@pytest.mark.parametrize(
+    ("kernel", "stride", "fp32_in_training"), [(7, 1, True), (5, 1, True), (4, 4, True), (3, 1, False), (3, 2, True)]
+)
+def test_depthwise_conv_gradients_in_fp32_under_cpu_autocast(kernel: int, stride: int, fp32_in_training: bool) -> None:
+    """DepthwiseConv2d is nn.Conv2d(groups=channels) with the same state dict and values; under bf16 autocast it
+    computes in fp32 when a gradient is needed, except at 3x3 stride 1, and in bf16 without one; its gradients
+    then agree with a float64 reference to fp32 accuracy."""
+    from lightning_vit.backbones._layers import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, kernel, stride=stride, padding=kernel // 2)
+    plain = torch.nn.Conv2d(6, 6, kernel, stride=stride, padding=kernel // 2, groups=6)
+    plain.load_state_dict(conv.state_dict(), strict=True)
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2, 13, 11, 6).permute(0, 3, 1, 2)  # channels-last view, as the backbones pass it
+    torch.testing.assert_close(conv(x), plain(x))
+
+    xb = x.bfloat16().float().requires_grad_()  # bf16-exact input: the fp32 route then matches float64 closely
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(xb)
+        with torch.no_grad():
+            assert conv(xb).dtype == torch.bfloat16
+    assert out.dtype == (torch.float32 if fp32_in_training else torch.bfloat16)
+    ref = torch.nn.functional.conv2d(
+        xb.double(), conv.weight.double(), conv.bias.double(), stride, kernel // 2, groups=6
+    )
+    grad_out = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (xb, conv.weight, conv.bias), grad_out.to(out.dtype))
+    ref_grads = torch.autograd.grad(ref, (xb, conv.weight, conv.bias), grad_out)
+    tol = dict(atol=1e-4, rtol=1e-4) if fp32_in_training else dict(atol=0.2, rtol=2e-2)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), r.double(), **tol)
+
+
 def test_linear_leaves_traced_and_empty_calls_to_f_linear(monkeypatch) -> None:
     """Traces (ONNX, TorchScript) must hold standard ops; an empty batch (no boxes) must not reach oneDNN."""
     from lightning_vit.backbones import _layers

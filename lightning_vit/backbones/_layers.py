@@ -13,6 +13,7 @@ from timm.layers import trunc_normal_
 from torch.autograd.function import once_differentiable
 
 __all__ = [
+    "DepthwiseConv2d",
     "Linear",
     "Mlp",
     "attention",
@@ -219,6 +220,50 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop1(linear(x, self.fc1.weight, self.fc1.bias, activation="gelu"))
         return self.drop2(self.fc2(x))
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise ``nn.Conv2d`` (``groups`` = input = output channels; same parameters and state dict) whose
+    gradients, on CPU under reduced-precision autocast, are computed in fp32 for kernels other than 3x3 stride 1.
+
+    oneDNN's bf16 backward kernels for depthwise convs are fast for 3x3 stride 1 only. At other kernels they ran
+    3-10x slower than its fp32 ones (2 threads, Intel Xeon with AMX, batch 8; input and weight gradient together,
+    channels-last): CoaT's 7x7 over 24 channels at 56x56 in 16.7 -> 5.5 ms, ScalableViT's 8x8 stride-8 reduction
+    over 64 channels at 56x56 in 28 -> 2.9 ms. So when a gradient is needed there, the conv takes the fp32 input
+    and weight and returns fp32, as if autocast listed it as an fp32 op; the gradients accumulate in fp32 (more
+    accurate than bf16's). Forward-only calls (inference, ``no_grad``) keep autocast's dtype, which is the faster
+    one. At 3x3 stride 1 the reverse holds (fp32 up to 8x slower), and autocast's dtype stays.
+
+    Channels-last input, (B, C, H, W) viewed from (B, H, W, C) memory, is oneDNN's fast layout on CPU in every
+    dtype (the 7x7 fp32 weight gradient: 16 ms from NCHW, 4.4 ms channels-last); the output keeps it.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(channels, channels, kernel_size, stride, padding, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fp32_gradients(x):
+            bias = self.bias.float() if self.bias is not None else None
+            with torch.autocast("cpu", enabled=False):
+                return self._conv_forward(x.float(), self.weight.float(), bias)
+        return super().forward(x)
+
+    def _fp32_gradients(self, x: torch.Tensor) -> bool:
+        return (
+            x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") != torch.float32
+            and torch.is_grad_enabled()
+            and (x.requires_grad or self.weight.requires_grad)
+            and (self.kernel_size != (3, 3) or self.stride != (1, 1))
+        )
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

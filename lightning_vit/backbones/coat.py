@@ -17,7 +17,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
-from lightning_vit.backbones._layers import Linear, Mlp, init_linear_and_norm
+from lightning_vit.backbones._layers import DepthwiseConv2d, Linear, Mlp, init_linear_and_norm
 from lightning_vit.backbones._registry import build_model, register_backbone
 
 __all__ = ["CoaT", "checkpoint_filter_fn"]
@@ -26,8 +26,18 @@ Size = tuple[int, int]
 
 
 def _tokens_to_map(x: torch.Tensor, size: Size) -> torch.Tensor:
-    """(B, 1 + H*W, C) tokens with a leading class token -> (B, C, H, W) image map without it."""
+    """(B, 1 + H*W, C) tokens with a leading class token -> (B, C, H, W) image map without it (contiguous)."""
     return x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *size)
+
+
+def _map_view(x: torch.Tensor, size: Size) -> torch.Tensor:
+    """:func:`_tokens_to_map` as a channels-last view of the tokens (no copy), the CPU convs' fast layout."""
+    return x[:, 1:].view(x.shape[0], *size, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def _map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C) tokens; a view when ``x`` is channels-last."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 class PatchEmbed(nn.Module):
@@ -49,35 +59,35 @@ class ConvPosEnc(nn.Module):
 
     def __init__(self, dim: int, k: int = 3) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(dim, dim, k, 1, k // 2, groups=dim)
+        self.proj = DepthwiseConv2d(dim, k, 1, k // 2)
 
     def forward(self, x: torch.Tensor, size: Size) -> torch.Tensor:
-        feat = _tokens_to_map(x, size)
+        feat = _map_view(x, size)
         feat = self.proj(feat) + feat
-        return torch.cat((x[:, :1], feat.flatten(2).transpose(1, 2)), dim=1)
+        return torch.cat((x[:, :1], _map_to_tokens(feat)), dim=1)
 
 
 class ConvRelPosEnc(nn.Module):
     """Convolutional relative position encoding ``q_img * dwconv(v_img)``; zero for the class token.
 
     Heads are split into groups by kernel size, ``window = {3: 2, 5: 3, 7: 3}`` meaning 2 heads use a 3x3 conv,
-    3 heads a 5x5 and 3 heads a 7x7.
+    3 heads a 5x5 and 3 heads a 7x7. The convs see v as a channels-last map, a view of the qkv output; in training
+    under CPU autocast the 5x5 and 7x7 ones compute in fp32 (:class:`DepthwiseConv2d`), and so does their product
+    with q.
     """
 
     def __init__(self, head_chs: int, num_heads: int, window: dict[int, int]) -> None:
         super().__init__()
         if sum(window.values()) != num_heads:
             raise ValueError(f"crpe_window {window} splits {sum(window.values())} heads, the model has {num_heads}")
-        self.conv_list = nn.ModuleList(
-            nn.Conv2d(h * head_chs, h * head_chs, k, padding=k // 2, groups=h * head_chs) for k, h in window.items()
-        )
+        self.conv_list = nn.ModuleList(DepthwiseConv2d(h * head_chs, k, padding=k // 2) for k, h in window.items())
         self.channel_splits = [h * head_chs for h in window.values()]
 
     def forward(self, q: torch.Tensor, v: torch.Tensor, size: Size) -> torch.Tensor:
         b, h, n, ch = q.shape
-        v_img = v[:, :, 1:].transpose(-1, -2).reshape(b, h * ch, *size)  # (B, h*Ch, H, W)
+        v_img = _map_view(v.transpose(1, 2).reshape(b, n, h * ch), size)  # (B, h*Ch, H, W), channels-last
         conv_v = torch.cat([conv(t) for conv, t in zip(self.conv_list, v_img.split(self.channel_splits, dim=1))], 1)
-        conv_v = conv_v.reshape(b, h, ch, n - 1).transpose(-1, -2)  # (B, h, H*W, Ch)
+        conv_v = _map_to_tokens(conv_v).view(b, n - 1, h, ch).transpose(1, 2)  # (B, h, H*W, Ch)
         return F.pad(q[:, :, 1:] * conv_v, (0, 0, 1, 0))  # (B, h, N, Ch)
 
 

@@ -27,6 +27,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from lightning_vit.backbones._layers import (
+    DepthwiseConv2d,
     Linear,
     Mlp,
     attention,
@@ -169,9 +170,7 @@ class SSA(nn.Module):
             if dim % num_heads or dim_qk % num_heads:
                 raise ValueError(f"SSA: dim {dim} and int(dim * c_ratio) = {dim_qk} must divide by {num_heads} heads")
             self.q = Linear(dim, dim_qk, bias=qkv_bias)
-            self.reduction = nn.Sequential(
-                nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim), nn.Conv2d(dim, dim_qk, 1)
-            )
+            self.reduction = nn.Sequential(DepthwiseConv2d(dim, sr_ratio, stride=sr_ratio), nn.Conv2d(dim, dim_qk, 1))
             self.norm_act = nn.Sequential(nn.LayerNorm(dim_qk), nn.GELU())
             self.k = Linear(dim_qk, dim_qk, bias=qkv_bias)
             self.v = Linear(dim_qk, dim, bias=qkv_bias)
