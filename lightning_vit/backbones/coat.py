@@ -108,9 +108,11 @@ class FactorAttnConvRelPosEnc(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         # softmax over the tokens, normalised after the product (exact): the sums divide the (Ch x Ch) context, not
         # the (N x Ch) keys, and no softmax runs along the strided token axis (training step 1.4x faster here)
-        # k is a strided view of the qkv output; a (B, h, N, Ch)-ordered copy lets the product below read exp(k)^T
-        # as a view, instead of saving its own transposed copy for backward (one (B, N, C) tensor less per block)
-        k = k.contiguous()
+        # k is a strided view of the qkv output; when training, a (B, h, N, Ch)-ordered copy lets the product below
+        # read exp(k)^T as a view instead of saving its own transposed copy for backward (one (B, N, C) tensor less
+        # per block). Without a gradient the copy only costs: bf16 inference 1.24 -> 1.09 of timm (CoaT Tiny)
+        if k.requires_grad:
+            k = k.contiguous()
         with torch.no_grad():  # the max only keeps exp in range; no gradient
             k_max = k.amax(dim=2, keepdim=True)
         k = (k - k_max).exp()
