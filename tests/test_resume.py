@@ -30,9 +30,12 @@ class KillAtStep(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _config(tmp_path: Path, data: Path, name: str, workers: int, kill: bool = False) -> Path:
+def _config(
+    tmp_path: Path, data: Path, name: str, workers: int, kill: int | None = None, every_step: bool = True
+) -> Path:
     """The demo recipe on tiny data, with every random draw a run makes: RandAugment, random erasing, mixup /
-    cutmix, drop path; EMA weights and a checkpoint every step."""
+    cutmix, drop path; EMA weights and a checkpoint every step (``every_step``) or at each epoch end; ``kill``: the
+    step at which the run SIGKILLs itself."""
     config = yaml.safe_load((CONFIGS / "demo" / "coat_lite.yaml").read_text())
     trainer = config["trainer"]
     trainer.update(precision="32-true", max_epochs=3, num_sanity_val_steps=0, enable_progress_bar=False)
@@ -40,20 +43,20 @@ def _config(tmp_path: Path, data: Path, name: str, workers: int, kill: bool = Fa
         "class_path": "lightning.pytorch.loggers.CSVLogger",
         "init_args": {"save_dir": "runs", "name": name},
     }
-    every_step = {"filename": "last", "every_n_train_steps": 1}
+    last = {"filename": "last", "every_n_train_steps": 1} if every_step else {"filename": "last"}
     trainer["callbacks"] = [
-        {"class_path": "lightning_vit.callbacks.AtomicModelCheckpoint", "init_args": every_step},
+        {"class_path": "lightning_vit.callbacks.AtomicModelCheckpoint", "init_args": last},
         {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}},
     ]
-    if kill:
-        trainer["callbacks"].append({"class_path": "test_resume.KillAtStep", "init_args": {"step": KILL_AT_STEP}})
+    if kill is not None:
+        trainer["callbacks"].append({"class_path": "test_resume.KillAtStep", "init_args": {"step": kill}})
     model = config["model"]["init_args"]
     model.update(backbone="test_coat_lite", backbone_kwargs={"drop_path_rate": 0.2})
     config["data"]["init_args"].update(
         root=str(data), image_size=32, batch_size=4, num_workers=workers, auto_augment="rand-m9-mstd0.5-inc1",
         re_prob=0.5, mixup=0.8, cutmix=1.0,
     )  # fmt: skip
-    path = tmp_path / f"{name}{'_kill' if kill else ''}.yaml"
+    path = tmp_path / f"{name}{'_kill' if kill is not None else ''}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -92,7 +95,7 @@ def _assert_equal(a, b, where: str = "") -> None:
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder: Path, tmp_path: Path) -> None:
     assert _fit(tmp_path, _config(tmp_path, image_folder, "whole", workers=0)) == 0
-    killed = _fit(tmp_path, _config(tmp_path, image_folder, "resumed", workers=2, kill=True))
+    killed = _fit(tmp_path, _config(tmp_path, image_folder, "resumed", workers=2, kill=KILL_AT_STEP))
     assert killed == -signal.SIGKILL
     partial = _last(tmp_path, "resumed")
     assert partial["global_step"] == KILL_AT_STEP and partial["epoch"] == 1  # mid-epoch: 2 of 3 batches done
@@ -115,3 +118,22 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder:
     assert _fit(tmp_path, _config(tmp_path, image_folder, "other", workers=0), "--seed_everything", "1") == 0
     other = _last(tmp_path, "other")["state_dict"]
     assert any(not torch.equal(other[k], whole["state_dict"][k]) for k in other)
+
+
+def test_resume_from_an_epoch_end_checkpoint_with_workers_equals_an_uninterrupted_run(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """Killed as epoch 1 starts, resumed from the checkpoint of epoch 0's end, with DataLoader workers: epoch 1 is
+    read in its own order (Lightning creates the iterator, and the workers start reading, before ``set_epoch``)."""
+    assert _fit(tmp_path, _config(tmp_path, image_folder, "whole", workers=0, every_step=False)) == 0
+    config = _config(tmp_path, image_folder, "resumed", workers=2, kill=STEPS_PER_EPOCH, every_step=False)
+    assert _fit(tmp_path, config) == -signal.SIGKILL
+    partial = _last(tmp_path, "resumed")
+    assert partial["global_step"] == STEPS_PER_EPOCH and partial["epoch"] == 0  # epoch 0 ended, nothing after
+    config = _config(tmp_path, image_folder, "resumed", workers=2, every_step=False)
+    assert _fit(tmp_path, config, "--ckpt_path", "last") == 0
+    whole, resumed = _last(tmp_path, "whole"), _last(tmp_path, "resumed")
+    assert whole["global_step"] == resumed["global_step"] == 3 * STEPS_PER_EPOCH
+    for key in ("state_dict", "current_model_state", "optimizer_states"):
+        _assert_equal(resumed[key], whole[key], key)
+    assert _final_validation(tmp_path, "resumed") == _final_validation(tmp_path, "whole")

@@ -77,11 +77,25 @@ class SeededDataset(Dataset):
 
 class ResumableDataLoader(DataLoader):
     """A training loader Lightning checkpoints with the run: its state is the epoch and the batches already trained
-    on; a restored loader skips those (without reading them) so a resumed run continues with the next batch."""
+    on; a restored loader skips those (without reading them) so a resumed run continues with the next batch.
 
-    def __init__(self, *args, progress: Callable[[], int], **kwargs) -> None:
+    Each iteration starts in the epoch ``epoch()`` names (the fit loop's), not the one the sampler last had:
+    Lightning creates an epoch's iterator before it calls ``set_epoch``, and worker processes start reading as
+    soon as the iterator exists. So with workers, a run resumed from an epoch-end checkpoint read its first epoch in
+    the order and with the augmentations of epoch 0 (the sampler's initial epoch); without workers the sampler
+    started lazily, after ``set_epoch``, and was right.
+    """
+
+    def __init__(self, *args, progress: Callable[[], int], epoch: Callable[[], int | None], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._progress = progress
+        self._epoch = epoch
+
+    def __iter__(self):
+        epoch = self._epoch()
+        if epoch is not None:
+            self.sampler.set_epoch(epoch)
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.sampler.epoch, "batches": self._progress()}
@@ -287,10 +301,16 @@ class BaseDataModule(L.LightningDataModule):
             dataset = SkipUnreadable(dataset, split, self.skipped[split])
         if train:
             sampler = EpochSampler(self.datasets[split], world, rank, seed)
-            return ResumableDataLoader(dataset, sampler=sampler, drop_last=True, progress=self._batches_done, **kwargs)
+            return ResumableDataLoader(
+                dataset, sampler=sampler, drop_last=True, progress=self._batches_done, epoch=self._epoch, **kwargs
+            )
         if world > 1 and split in ("val", "test"):
             sampler = UnpaddedDistributedSampler(self.datasets[split], world, rank)
         return DataLoader(dataset, sampler=sampler, **kwargs)
+
+    def _epoch(self) -> int | None:
+        """The training epoch Lightning's fit loop is in or about to start (what it passes to ``set_epoch``)."""
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer else None
 
     def _batches_done(self) -> int:
         """Training batches of the current epoch that have been through a training step."""
