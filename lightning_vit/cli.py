@@ -5,24 +5,30 @@ A LightningCLI over the project's tasks and DataModules with three additions:
   from the checkpoint's hyperparameters when ``--ckpt_path`` is given, so ``predict`` needs no dataset;
 - every run writes to one directory ``<save_dir>/<name>/version_N`` shared by its loggers: TensorBoard and CSV
   metrics, the resolved ``config.yaml`` and ``checkpoints/`` (best and ``last.ckpt``);
-  ``fit --ckpt_path last`` resumes the newest run of that name in its own directory;
+  ``fit --ckpt_path last`` resumes the newest run of that name in its own directory, where ``metrics.csv`` keeps
+  its rows up to the checkpoint and TensorBoard drops what the lost process logged after it;
 - bad input (a missing dataset, an unreadable file, a wrong checkpoint) ends with a one-line message naming the
   file or config key, not a traceback.
 """
 
 from __future__ import annotations
 
+import csv
 import difflib
 import importlib
 import inspect
 import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
+import lightning as L
+import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_vit.backbones.pretrained import PretrainedError
 from lightning_vit.callbacks import NonFiniteError, NonFiniteGuard, PredictionWriter, RandomState
@@ -87,6 +93,11 @@ class LightningViTCLI(LightningCLI):
         if self.subcommand == "fit":
             self._resolve_run_dir(config)
 
+    def before_fit(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            continue_logs(self.trainer, ckpt_path)
+
     @staticmethod
     def _fill_class_names(config: Namespace) -> None:
         args = config.model.init_args
@@ -120,6 +131,56 @@ class LightningViTCLI(LightningCLI):
         for lg in loggers:
             if lg.init_args.get("version") is None:
                 lg.init_args.version = version
+
+
+def continue_logs(trainer: L.Trainer, ckpt_path: str | Path) -> None:
+    """Let a run resumed in its own directory continue its logs instead of losing them.
+
+    Lightning's CSVLogger deletes an existing ``metrics.csv`` when it starts; here the rows logged before the
+    checkpoint (``step`` < its ``global_step``) are written back first, so the file holds the whole run once
+    resumed, without the rows the lost process logged after its last checkpoint (the resumed run logs those steps
+    again). TensorBoard loggers get ``purge_step``: TensorBoard then ignores the older events from that step on.
+    Call before the loggers' first use; rank zero only.
+    """
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, (CSVLogger, TensorBoardLogger))]
+    if not trainer.is_global_zero or not loggers:
+        return
+    try:
+        step = int(torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+    except Exception:  # not a Lightning checkpoint of this project: Lightning reports it when it loads it
+        return
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            kwargs = getattr(logger, "_kwargs", None)  # SummaryWriter's, passed when the logger starts it
+            if (
+                getattr(logger, "_experiment", None) is None
+                and isinstance(kwargs, dict)
+                and kwargs.get("purge_step") is None
+            ):
+                kwargs["purge_step"] = step
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), [row for row in reader if _logged_before(row, step)]
+        with warnings.catch_warnings():  # "Previous log files in this directory will be deleted": not these
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = logger.experiment  # starts the writer, which removes the file
+        if rows and "step" in keys:
+            writer.metrics_keys = sorted(keys)
+            with path.open("w", newline="") as f:
+                out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
+                out.writeheader()
+                out.writerows(rows)
+
+
+def _logged_before(row: dict[str, str], step: int) -> bool:
+    try:
+        return int(float(row.get("step") or "nan")) < step
+    except ValueError:
+        return False
 
 
 def _cli(args: list[str] | None) -> LightningViTCLI:

@@ -71,6 +71,10 @@ def _last(tmp_path: Path, name: str) -> dict:
     return torch.load(tmp_path / "runs" / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def _metrics(tmp_path: Path, name: str) -> list[dict[str, str]]:
+    return _rows(tmp_path / "runs" / name / "version_0" / "metrics.csv")
+
+
 def _final_validation(tmp_path: Path, name: str) -> dict[str, str]:
     """The last validation row of a run's metrics.csv (the values as logged, compared as text)."""
     with (tmp_path / "runs" / name / "version_0" / "metrics.csv").open() as f:
@@ -114,6 +118,11 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(image_folder:
     final = _final_validation(tmp_path, "whole")
     assert final["epoch"] == "2" and {"val_acc1", "val_loss"} <= final.keys()
     assert _final_validation(tmp_path, "resumed") == final
+    # metrics.csv holds the whole run once: the killed process's rows up to its checkpoint, then the resumed ones
+    # (epoch 1's training accuracy covers only the batches after the resume, as Lightning's epoch metrics do)
+    whole_rows, resumed_rows = _metrics(tmp_path, "whole"), _metrics(tmp_path, "resumed")
+    assert [(r["epoch"], r["step"]) for r in resumed_rows] == [(r["epoch"], r["step"]) for r in whole_rows]
+    assert [r for r in resumed_rows if r["val_loss"]] == [r for r in whole_rows if r["val_loss"]]
     # and the run really was random: a different seed gives other weights
     assert _fit(tmp_path, _config(tmp_path, image_folder, "other", workers=0), "--seed_everything", "1") == 0
     other = _last(tmp_path, "other")["state_dict"]
@@ -136,4 +145,36 @@ def test_resume_from_an_epoch_end_checkpoint_with_workers_equals_an_uninterrupte
     assert whole["global_step"] == resumed["global_step"] == 3 * STEPS_PER_EPOCH
     for key in ("state_dict", "current_model_state", "optimizer_states"):
         _assert_equal(resumed[key], whole[key], key)
-    assert _final_validation(tmp_path, "resumed") == _final_validation(tmp_path, "whole")
+    assert _metrics(tmp_path, "resumed") == _metrics(tmp_path, "whole")  # every epoch's row, each once
+
+
+def test_continue_logs_keeps_the_rows_before_the_checkpoint_and_purges_tensorboard_after_it(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from lightning_vit.cli import continue_logs
+
+    run = tmp_path / "runs" / "demo" / "version_0"
+    run.mkdir(parents=True)
+    rows = [{"epoch": str(s // 4), "step": str(s), "train_loss": f"{1 / (s + 1):.6f}"} for s in range(10)]
+    with (run / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "step", "train_loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"global_step": 6}, ckpt)  # the lost process logged steps 6-9 after its last checkpoint
+    loggers = [
+        CSVLogger(tmp_path / "runs", name="demo", version="version_0"),
+        TensorBoardLogger(tmp_path / "runs", name="demo", version="version_0"),
+    ]
+    trainer = L.Trainer(logger=loggers, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    continue_logs(trainer, ckpt)
+    assert _rows(run / "metrics.csv") == rows[:6]
+    assert loggers[1]._kwargs["purge_step"] == 6
+    loggers[0].log_metrics({"train_loss": 0.5}, step=6)  # the resumed run appends to the kept rows
+    loggers[0].save()
+    assert [r["step"] for r in _rows(run / "metrics.csv")] == [str(s) for s in range(7)]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
