@@ -178,3 +178,30 @@ def test_continue_logs_keeps_the_rows_before_the_checkpoint_and_purges_tensorboa
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+def _ddp(config: Path) -> Path:
+    """``config`` under DDP, two CPU processes of batch 2 (13 images: 3 steps per epoch)."""
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"].update(strategy="ddp", devices=2)
+    settings["data"]["init_args"]["batch_size"] = 2
+    config.write_text(yaml.safe_dump(settings))
+    return config
+
+
+def test_ddp_run_with_ema_resumed_from_an_epoch_end_checkpoint_equals_an_uninterrupted_run(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """The ImageNet recipes' combination: DDP, EMA (which deep-copies the module at setup: the CLI's optimizer
+    factory once made that fail under DDP) and DataLoader workers, killed as epoch 1 starts."""
+    assert _fit(tmp_path, _ddp(_config(tmp_path, image_folder, "whole", workers=0, every_step=False))) == 0
+    killed = _ddp(_config(tmp_path, image_folder, "resumed", workers=1, kill=STEPS_PER_EPOCH, every_step=False))
+    assert _fit(tmp_path, killed) == -signal.SIGKILL
+    assert _last(tmp_path, "resumed")["global_step"] == STEPS_PER_EPOCH
+    resumed = _ddp(_config(tmp_path, image_folder, "resumed", workers=1, every_step=False))
+    assert _fit(tmp_path, resumed, "--ckpt_path", "last") == 0
+    whole, resumed = _last(tmp_path, "whole"), _last(tmp_path, "resumed")
+    assert whole["global_step"] == resumed["global_step"] == 3 * STEPS_PER_EPOCH
+    for key in ("state_dict", "current_model_state", "optimizer_states"):
+        _assert_equal(resumed[key], whole[key], key)
+    assert _metrics(tmp_path, "resumed") == _metrics(tmp_path, "whole")

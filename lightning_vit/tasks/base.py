@@ -21,6 +21,24 @@ from lightning_vit.tasks.optim import backbone_layer_ids, build_scheduler, fused
 __all__ = ["BaseTask"]
 
 
+class _SharedFactory:
+    """A stateless factory (the config's optimizer) that copies of the module share instead of copying.
+
+    The CLI's optimizer is a jsonargparse partial that holds the CLI's instantiators, and through them the trainer;
+    under DDP that reaches the launcher's process handles and their locks, which cannot be copied, so
+    ``EMAWeightAveraging`` (which deep-copies the module at setup) failed with "cannot pickle '_thread.lock'".
+    """
+
+    def __init__(self, factory: OptimizerCallable) -> None:
+        self.factory = factory
+
+    def __call__(self, params: Iterable[nn.Parameter] | Iterable[dict]) -> torch.optim.Optimizer:
+        return self.factory(params)
+
+    def __deepcopy__(self, memo: dict) -> _SharedFactory:
+        return self
+
+
 class BaseTask(L.LightningModule, ABC):
     """A LightningModule around a registered backbone, with the papers' optimizer recipe and fine-tuning aids.
 
@@ -77,7 +95,7 @@ class BaseTask(L.LightningModule, ABC):
             raise ValueError(f"model.init_args.freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}")
         super().__init__()
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects every __init__ frame
-        self.optimizer_factory = optimizer or self.default_optimizer
+        self.optimizer_factory = _SharedFactory(optimizer) if optimizer is not None else self.default_optimizer
         self._frozen_params: list[nn.Parameter] = []
         self.eval_losses = nn.ModuleDict({"val_loss": MeanMetric(), "test_loss": MeanMetric()})
 
