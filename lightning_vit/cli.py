@@ -168,7 +168,7 @@ def continue_logs(trainer: L.Trainer, ckpt_path: str | Path) -> None:
         with warnings.catch_warnings():  # "Previous log files in this directory will be deleted": not these
             warnings.filterwarnings("ignore", message="Experiment logs directory")
             writer = logger.experiment  # starts the writer, which removes the file
-        if rows and "step" in keys:
+        if rows:  # only rows with a step before the checkpoint's are kept
             writer.metrics_keys = sorted(keys)
             with path.open("w", newline="") as f:
                 out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
@@ -178,8 +178,8 @@ def continue_logs(trainer: L.Trainer, ckpt_path: str | Path) -> None:
 
 def _logged_before(row: dict[str, str], step: int) -> bool:
     try:
-        return int(float(row.get("step") or "nan")) < step
-    except ValueError:
+        return int(row["step"]) < step
+    except (KeyError, TypeError, ValueError):  # no step column, or an empty / odd value
         return False
 
 
