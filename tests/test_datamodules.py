@@ -42,6 +42,32 @@ def test_read_image_names_the_unreadable_file(tmp_path: Path, content) -> None:
         read_image(path)
 
 
+def test_read_image_accepts_trailing_data_and_finds_truncation_behind_a_thumbnail(tmp_path: Path) -> None:
+    """Bytes after the end marker (a motion photo's video) are not truncation; a JPEG cut inside its image data is,
+    even when an EXIF thumbnail in its header brings an end marker of its own; a PNG cut before IEND is."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (48, 64, 3), np.uint8)
+    trailer = rng.integers(0, 256, 5000, np.uint8).tobytes().replace(b"\xff\xd9", b"\x00\x00")
+    _, thumb = cv2.imencode(".jpg", pixels[:8, :8])
+    _, jpeg = cv2.imencode(".jpg", pixels)
+    jpeg, thumb = jpeg.tobytes(), thumb.tobytes()
+    app1 = b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb  # a header segment holding a whole JPEG
+    with_thumb = jpeg[:2] + app1 + jpeg[2:]
+    _, png = cv2.imencode(".png", pixels)
+    cases = {
+        "motion.jpg": jpeg + trailer, "trailer.png": png.tobytes() + trailer, "thumb.jpg": with_thumb,
+    }  # fmt: skip
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        np.testing.assert_array_equal(read_image(tmp_path / name).shape, (48, 64, 3), err_msg=name)
+    np.testing.assert_array_equal(read_image(tmp_path / "motion.jpg"), read_image(tmp_path / "thumb.jpg"))
+    cut = {"cut_thumb.jpg": with_thumb[: len(with_thumb) - 200], "cut.png": png.tobytes()[:-30]}
+    for name, data in cut.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DatasetError, match=f"{name}: the file is truncated"):
+            read_image(tmp_path / name)
+
+
 def test_datamodule_reads_the_imagenet_layout(image_folder: Path) -> None:
     dm = _module(image_folder)
     assert dm.class_names == ["circle", "square", "star"] and dm.num_classes == 3

@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,53 @@ def test_datamodule_categories_crowd_degenerate_and_masks(coco_root: Path, caplo
             np.testing.assert_allclose(found, [x, y, x + w, y + h], atol=2)  # polygons trace pixel centres
 
 
+def test_annotation_edge_cases_train_and_bad_entries_name_the_json(tmp_path: Path, caplog) -> None:
+    """A box without segmentation that starts left of / above the image fills its inside part; a polygon part of
+    under 3 points is dropped (the box is filled when none is left); a sub-pixel box is dropped like mmdet does,
+    where it crashed albumentations; entries lacking fields or RLE masks of another size name the json."""
+    (tmp_path / "img").mkdir()
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(tmp_path / "img" / "a.jpg"), np.full((40, 60, 3), 120, np.uint8))
+    anns = [
+        {"bbox": [-5.0, 10.0, 20.0, 10.0]},
+        {"bbox": [50.0, -4.0, 20.0, 10.0], "segmentation": [[50, 0, 60, 0]]},
+        {"bbox": [5.0, 5.0, 10.0, 10.0], "segmentation": [[1, 1, 2, 2], [5, 5, 15, 5, 15, 15, 5, 15]]},
+        {"bbox": [20.3, 7.1, 1e-7, 4.0]},
+    ]
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 3, "iscrowd": 0, **a} for i, a in enumerate(anns)],
+        "categories": [{"id": 3, "name": "c"}],
+    }
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    paths = dict(train_images=str(tmp_path / "img"), val_images=str(tmp_path / "img"), train_ann=str(ann))
+    dm = COCODataModule(**paths, val_ann=str(ann), train_scales=[40], max_size=60, val_scale=40, num_workers=0)
+    with caplog.at_level(logging.INFO):
+        dm.setup("fit")
+    assert "dropped 1 degenerate box" in caplog.text
+    target = dm.datasets["train"][0]["target"]  # areas, sorted: a flip may move the masks, not their areas
+    assert sorted(target["masks"].flatten(1).sum(1).tolist()) == [60, 100, 150]
+    val = dm.datasets["val"][0]["target"]
+    assert val["masks"].flatten(1).sum(1).tolist() == [150, 60, 100, 5]  # the json as it is: 1 x 5 pixels filled
+
+    bad = {
+        "no_size": ({"images": [{"id": 1, "file_name": "a.jpg"}]}, r'"images" entry 0 lacks \[.width., .height.\]'),
+        "no_bbox": ({"annotations": [{"id": 1, "image_id": 1, "category_id": 3}]}, r'"annotations" entry 0 lacks'),
+        "rle": (
+            {"annotations": [{**data["annotations"][0], "segmentation": {"size": [60, 40], "counts": "abc"}}]},
+            r"annotation 1 has an RLE mask of size \[60, 40\] but its image 1 is \[40, 60\]",
+        ),
+    }
+    for name, (change, message) in bad.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({**data, **change}))
+        with pytest.raises(DatasetError, match=rf"data\.train_ann: .*{name}\.json: {message}"):
+            COCODataModule(**{**paths, "train_ann": str(tmp_path / f"{name}.json")}, num_workers=0).setup("fit")
+    (tmp_path / "no_name.json").write_text(json.dumps({**data, "categories": [{"id": 3}]}))
+    with pytest.raises(DatasetError, match=r"no_name\.json: category entries need an .id. and a .name."):
+        _ = COCODataModule(**{**paths, "train_ann": str(tmp_path / "no_name.json")}).class_names
+
+
 def test_filter_empty_and_missing_images(coco_root: Path) -> None:
     dm = _datamodule(coco_root, filter_empty=False)
     dm.setup("fit")
@@ -370,13 +418,16 @@ def test_cli_fit_validate_predict(coco_root: Path, tmp_path: Path, monkeypatch) 
     assert sorted(p.name for p in (out / "visuals").iterdir()) == sorted(i["file_name"] for i in gt.imgs.values())
 
     folder = tmp_path / "folder_preds"  # a folder of images without a json: ids are the sorted files' indices
+    (coco_root / "val2017" / "sub").mkdir()  # file names are paths under the folder: this one is told apart
+    shutil.copy(coco_root / "val2017" / "000001.jpg", coco_root / "val2017" / "sub" / "000001.jpg")
     main([
         "predict", "--config", config, *FAST, f"--data.init_args.root={tmp_path / 'absent'}", f"--ckpt_path={last}",
         f"--data.init_args.predict_root={coco_root / 'val2017'}", f"--prediction_writer.output={folder}",
     ])  # fmt: skip
     results = json.loads((folder / "results.json").read_text())
-    names = sorted(p.name for p in (coco_root / "val2017").iterdir())
+    names = sorted(p.relative_to(coco_root / "val2017").as_posix() for p in (coco_root / "val2017").rglob("*.jpg"))
     assert results and all(names[r["image_id"]] == r["file_name"] for r in results)
+    assert "sub/000001.jpg" in {r["file_name"] for r in results}
     assert {r["category_id"] for r in results} <= set(CATEGORY_IDS) and not (folder / "visuals").exists()
     assert not (tmp_path / "absent").exists()  # predicting from a checkpoint generates no demo data
 

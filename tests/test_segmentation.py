@@ -24,6 +24,7 @@ from lightning_vit.datamodules.ade20k import (
     RescaleToFit,
     SegmentationFolderDataModule,
     pad_collate,
+    read_mask,
 )
 from lightning_vit.necks.fpn import FPN
 from lightning_vit.tasks.segmentation import SegmentationMetrics, SemanticSegmenter, slide_inference
@@ -272,6 +273,20 @@ def _folder_data(tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("ignore_index", [-1, -100])
+def test_negative_ignore_index_survives_loading(tmp_path: Path, ignore_index: int) -> None:
+    """PyTorch's convention (-100, or -1): the ignored pixels keep the value (they wrapped around in uint8)."""
+    folders = _folder_data(tmp_path)
+    dm = SegmentationFolderDataModule(
+        **folders, num_classes=3, reduce_zero_label=True, ignore_index=ignore_index, num_workers=0
+    )
+    dm.setup("fit")
+    stored = read_mask(sorted(Path(folders["train_masks"]).iterdir())[0])
+    _, mask = dm.datasets["train"].load(0)
+    np.testing.assert_array_equal(mask, np.where(stored == 0, ignore_index, stored - 1))
+    assert (mask == ignore_index).any() and mask.min() == ignore_index
+
+
 def test_folder_datamodule_errors_name_the_files(tmp_path: Path) -> None:
     folders = _folder_data(tmp_path)
     masks = Path(folders["train_masks"])
@@ -367,7 +382,13 @@ def test_cli_fit_validate_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     images = tmp_path / "to_predict"
     images.mkdir()
     rng = np.random.default_rng(0)
-    sizes = {"wide": (37, 61), "tall": (52, 33)}
+    # a sub-folder's image of a name taken above it gets its own mask (sub-folders are mirrored); a linked folder is
+    # followed; hidden folders (a notebook's checkpoints) are not predicted
+    sizes = {"wide": (37, 61), "tall": (52, 33), "cam/wide": (30, 45), "linked/tall": (52, 33)}
+    for folder in (images / "cam", images / ".ipynb_checkpoints", tmp_path / "elsewhere"):
+        folder.mkdir()
+    (images / "linked").symlink_to(tmp_path / "elsewhere")
+    (images / ".ipynb_checkpoints" / "skipped.jpg").write_bytes(b"")  # unreadable: reading it would stop the run
     for name, (h, w) in sizes.items():
         cv2.imwrite(str(images / f"{name}.jpg"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
     out = tmp_path / "preds"
@@ -388,6 +409,9 @@ def test_cli_fit_validate_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             expected = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear").argmax(1)[0]
         np.testing.assert_array_equal(np.asarray(written), expected.numpy())
         assert cv2.imread(str(out / "visuals" / f"{name}.png")).shape == (h, w, 3)
+    assert sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png")) == sorted(
+        f"{name}.png" for name in sizes
+    )
 
 
 SEG_CONFIGS = sorted((CONFIGS / "ade20k").glob("*.yaml")) + [CONFIGS / "demo" / "upernet_coat_lite.yaml"]

@@ -104,9 +104,10 @@ def load_pretrained(model: nn.Module, source: str, name: str) -> tuple[list[str]
         del state[key]
     result = model.load_state_dict(state, strict=False)
     loaded = {own[k].data_ptr() for k in state if k in own}
-    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]  # a shared tensor's other names
+    # a shared tensor's other names are loaded too; a re-initialised classifier is reported as such
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded and k not in mismatched]
     if mismatched:
-        log.info("pretrained %s: classifier re-initialised (%s: other number of classes)", source, mismatched)
+        log.warning("pretrained %s: classifier re-initialised (%s: other number of classes)", source, mismatched)
     if missing:
         log.warning("pretrained %s: missing keys (left at initialisation): %s", source, missing)
     if result.unexpected_keys:

@@ -41,13 +41,38 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def _is_truncated(data: np.ndarray) -> bool:
-    """A JPEG without its EOI marker or a PNG without its IEND chunk near the end (OpenCV would decode half)."""
-    head, tail = data[:8].tobytes(), data[-1024:].tobytes()
-    if head.startswith(b"\xff\xd8"):
-        return b"\xff\xd9" not in tail
-    if head.startswith(b"\x89PNG"):
-        return b"IEND" not in tail
+    """A JPEG whose image data has no EOI marker after it, or a PNG whose chunks end before IEND (OpenCV would
+    decode half). Bytes after the end (a motion photo's video, a trailer) are allowed, as decoders do."""
+    buf = data.tobytes()
+    if buf.startswith(b"\xff\xd8"):
+        scan = _jpeg_first_scan(buf)
+        return scan is None or buf.rfind(b"\xff\xd9", scan) == -1  # an EXIF thumbnail's EOI comes before the scan
+    if buf.startswith(b"\x89PNG\r\n\x1a\n"):
+        pos = 8
+        while pos + 8 <= len(buf):  # chunks: 4-byte length, 4-byte type, data, 4-byte CRC
+            if buf[pos + 4 : pos + 8] == b"IEND":
+                return False
+            pos += 12 + int.from_bytes(buf[pos : pos + 4], "big")
+        return True
     return False
+
+
+def _jpeg_first_scan(buf: bytes) -> int | None:
+    """Offset of a JPEG's first start-of-scan marker, found by walking its header segments; None if they end first."""
+    pos = 2
+    while pos + 4 <= len(buf):
+        if buf[pos] != 0xFF:  # not a marker where one should be: let the decoder judge the file
+            return 2
+        marker = buf[pos + 1]
+        if marker == 0xDA:
+            return pos
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(buf[pos + 2 : pos + 4], "big")
+    return None
 
 
 def find_images(folder: Path) -> list[Path]:

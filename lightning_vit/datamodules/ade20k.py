@@ -285,7 +285,8 @@ class SegmentationDataset(Dataset):
                 f"(expected 0..{self.num_classes - 1 + self.reduce_zero_label}"
                 f"{' with 0 = other' if self.reduce_zero_label else ''}, or {self.ignore_index} = ignore)"
             )
-        return image, mask.astype(np.uint8 if max(self.num_classes, self.ignore_index) < 256 else np.int32)
+        small = self.num_classes <= 256 and 0 <= self.ignore_index < 256  # a negative ignore_index needs int32
+        return image, mask.astype(np.uint8 if small else np.int32)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image, mask = self.load(i)

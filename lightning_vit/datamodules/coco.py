@@ -88,6 +88,7 @@ def load_coco(path: str | Path, key: str) -> COCO:
         raise DatasetError(f"{key}: {path} is not a COCO instances json (missing {missing})")
     if not dataset["images"]:
         raise DatasetError(f'{key}: {path} lists no images (expected at least one entry in its "images")')
+    _check_entries(dataset, path, key)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -95,12 +96,39 @@ def load_coco(path: str | Path, key: str) -> COCO:
     return coco
 
 
+def _check_entries(dataset: dict, path: Path, key: str) -> None:
+    """The fields every entry needs (pycocotools and the datasets index them), and RLE masks of their image's size."""
+    required = {
+        "images": ("id", "file_name", "width", "height"),
+        "annotations": ("id", "image_id", "category_id", "bbox"),
+        "categories": ("id",),
+    }
+    for section, fields in required.items():
+        for n, entry in enumerate(dataset[section]):
+            lacking = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if lacking:
+                raise DatasetError(f'{key}: {path}: "{section}" entry {n} lacks {lacking} (expected {list(fields)})')
+    sizes = {image["id"]: [image["height"], image["width"]] for image in dataset["images"]}
+    for ann in dataset["annotations"]:
+        bbox, segmentation = ann["bbox"], ann.get("segmentation")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise DatasetError(f"{key}: {path}: annotation {ann['id']} has bbox {bbox!r} (expected [x, y, w, h])")
+        if isinstance(segmentation, dict) and segmentation.get("size") != sizes.get(ann["image_id"]):
+            raise DatasetError(
+                f"{key}: {path}: annotation {ann['id']} has an RLE mask of size {segmentation.get('size')} but its "
+                f"image {ann['image_id']} is {sizes.get(ann['image_id'])} (expected [height, width] of the image)"
+            )
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray | None:
     """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as a (H, W) uint8 mask; None if absent."""
     if not segmentation:
         return None
-    if isinstance(segmentation, list):  # polygons of one object
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation, list):  # polygons of one object; parts of under 3 points are dropped, as mmdet does
+        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        if not polygons:
+            return None
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:
@@ -241,7 +269,9 @@ class COCODetectionDataset(Dataset):
             image_ids = [i for i in image_ids if self.annotations[i]]
         self.image_ids = image_ids
         if degenerate:
-            rank_zero_info(f"{key}: dropped {degenerate} degenerate box(es) (zero width or height inside the image)")
+            rank_zero_info(
+                f"{key}: dropped {degenerate} degenerate box(es) (under 1 pixel wide or high, or outside the image)"
+            )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -255,7 +285,10 @@ class COCODetectionDataset(Dataset):
         if (height, width) != (info["height"], info["width"]):
             raise DatasetError(_size_mismatch(path, (height, width), (info["height"], info["width"])))
         anns = self.annotations[image_id]
-        sample = {"image_id": image_id, "orig_size": torch.tensor([height, width]), "path": str(path)}
+        sample = {
+            "image_id": image_id, "orig_size": torch.tensor([height, width]), "path": str(path),
+            "file_name": info["file_name"],
+        }  # fmt: skip
         if self.train:
             sample["image"], sample["target"] = self._train_sample(image, anns)
         else:
@@ -271,7 +304,8 @@ class COCODetectionDataset(Dataset):
             if mask is None:  # no segmentation: the box, filled
                 mask = np.zeros((height, width), np.uint8)
                 x, y, w, h = ann["bbox"]
-                mask[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = 1
+                y0, x0 = max(int(np.floor(y)), 0), max(int(np.floor(x)), 0)  # a negative start would select nothing
+                mask[y0 : max(int(np.ceil(y + h)), 0), x0 : max(int(np.ceil(x + w)), 0)] = 1
             masks.append(mask)
         return masks
 
@@ -331,11 +365,12 @@ def _size_mismatch(path: Path, decoded: tuple[int, int], listed: tuple[int, int]
 
 
 def _clip_xywh(bbox: list[float], width: int, height: int) -> list[float] | None:
-    """A json xywh box as xyxy clipped to the image; None when nothing of positive area is left."""
+    """A json xywh box as xyxy clipped to the image; None for a box under 1 pixel wide or high (mmdet's rule, which
+    also keeps sub-pixel boxes from collapsing in float32) or with nothing inside the image."""
     x, y, w, h = bbox
     x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-    return [x1, y1, x2, y2] if x2 > x1 and y2 > y1 else None
+    return [x1, y1, x2, y2] if w >= 1 and h >= 1 and x2 > x1 and y2 > y1 else None
 
 
 class _PredictDataset(ImagePathDataset):
@@ -343,7 +378,8 @@ class _PredictDataset(ImagePathDataset):
 
     def __getitem__(self, i: int) -> dict:
         sample = super().__getitem__(i)
-        return {"image": sample["image"], "image_id": i, "orig_size": sample["size"], "path": sample["path"]}
+        keep = ("image", "path", "file_name")
+        return {"image_id": i, "orig_size": sample["size"], **{k: sample[k] for k in keep}}
 
 
 def collate_detection(samples: list[dict]) -> dict:
@@ -353,6 +389,7 @@ def collate_detection(samples: list[dict]) -> dict:
         "image_id": torch.tensor([s["image_id"] for s in samples], dtype=torch.int64),
         "orig_size": torch.stack([s["orig_size"] for s in samples]),
         "path": [s["path"] for s in samples],
+        "file_name": [s["file_name"] for s in samples],
     }
     if "target" in samples[0]:
         batch["target"] = [s["target"] for s in samples]
@@ -454,6 +491,11 @@ class COCODataModule(BaseDataModule):
                 raise DatasetError(f"{self._key('train', 'ann')}: cannot read {path} as json: {err}") from err
             if not categories:
                 raise DatasetError(f"{self._key('train', 'ann')}: {path} has no categories")
+            if not all(isinstance(c, dict) and "id" in c and "name" in c for c in categories):
+                raise DatasetError(
+                    f"{self._key('train', 'ann')}: {path}: category entries need an 'id' and a 'name', e.g. "
+                    '{"id": 1, "name": "person"}'
+                )
             self._categories = sorted(categories, key=lambda c: c["id"])
         return self._categories
 

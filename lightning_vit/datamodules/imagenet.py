@@ -82,8 +82,30 @@ class ImageFolderDataset(Dataset):
         return {"image": self.transform(image=read_image(path))["image"], "label": torch.tensor(label)}
 
 
+def _images_under(root: Path, key: str) -> list[Path]:
+    """Image files under ``root``, sorted: linked folders followed (each real folder once), dot-names skipped."""
+    paths, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if not path.exists():
+                raise DatasetError(f"{key}: {path} is a link to a missing file ({os.readlink(path)})")
+            paths.append(path)
+    return sorted(paths)
+
+
 class ImagePathDataset(Dataset):
-    """Every image under ``root`` (recursively), for prediction: dicts ``image``, ``path`` and original ``size``."""
+    """Every image under ``root`` (recursively, following folder links, skipping hidden files and folders), for
+    prediction: dicts ``image``, ``path``, ``file_name`` (the path relative to ``root``, "/"-separated, which
+    writers mirror) and original ``size``. A link to a missing file is an error."""
 
     def __init__(self, root: str | Path, transform, key: str = "data.predict_root") -> None:
         self.root = Path(root)
@@ -91,7 +113,7 @@ class ImagePathDataset(Dataset):
         if self.root.is_file():
             self.paths = [self.root]
         elif self.root.is_dir():
-            self.paths = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            self.paths = _images_under(self.root, key)
         else:
             raise DatasetError(f"{key}: {self.root} does not exist (expected an image file or a folder of images)")
         if not self.paths:
@@ -105,6 +127,9 @@ class ImagePathDataset(Dataset):
         return {
             "image": self.transform(image=image)["image"],
             "path": str(self.paths[i]),
+            "file_name": self.paths[i].name
+            if self.paths[i] == self.root
+            else self.paths[i].relative_to(self.root).as_posix(),
             "size": torch.tensor(image.shape[:2]),
         }
 

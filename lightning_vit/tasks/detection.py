@@ -335,6 +335,8 @@ class ObjectDetector(BaseTask):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         predictions = self.predict_batch(batch)
-        for pred, image_id, path in zip(predictions, batch["image_id"].tolist(), batch["path"]):
-            pred["image_id"], pred["path"] = image_id, path
+        for pred, image_id, path, name in zip(
+            predictions, batch["image_id"].tolist(), batch["path"], batch["file_name"]
+        ):
+            pred["image_id"], pred["path"], pred["file_name"] = image_id, path, name
         return predictions

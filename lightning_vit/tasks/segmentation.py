@@ -272,11 +272,12 @@ class SemanticSegmenter(BaseTask):
         (B, 2) (each resized image's own h, w), ``size`` (B, 2) (the original h, w) and ``path``.
 
         Returns:
-            ``mask``: list of (h_i, w_i) long tensors; ``path``: the image paths.
+            ``mask``: list of (h_i, w_i) long tensors; ``path``: the image paths; ``file_name``: the paths relative
+            to the predict root.
         """
         logits = self.inference_logits(batch["image"])
         masks = []
         for i, ((vh, vw), (h, w)) in enumerate(zip(batch["valid_size"].tolist(), batch["size"].tolist())):
             valid = logits[i : i + 1, :, :vh, :vw]
             masks.append(F.interpolate(valid, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(dim=0))
-        return {"mask": masks, "path": list(batch["path"])}
+        return {"mask": masks, "path": list(batch["path"]), "file_name": list(batch["file_name"])}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from lightning_vit.callbacks.writers._visuals import unique_path, write_rgb
 from lightning_vit.datamodules._io import read_image
 
 __all__ = ["DetectionWriter", "to_coco_results"]
@@ -61,8 +62,9 @@ def _palette(n: int) -> list[tuple[int, int, int]]:
 
 class DetectionWriter:
     """Write ``<output>/results.json`` (COCO results: image id and file name, source category ids, xywh boxes of
-    the original image, scores, RLE masks for Mask R-CNN) and, with ``save_visuals``, ``<output>/visuals/<stem>.jpg``
-    with boxes, class names, scores and masks drawn over the original image.
+    the original image, scores, RLE masks for Mask R-CNN) and, with ``save_visuals``,
+    ``<output>/visuals/<file name>.jpg`` with boxes, class names, scores and masks drawn over the original image.
+    The file name is the json's, or the path under ``predict_root``: sub-folders are mirrored.
 
     Under several processes each writes ``results.rank<N>.json`` (concatenate them for evaluation).
 
@@ -94,10 +96,12 @@ class DetectionWriter:
         self.class_names = list(pl_module.class_names)
         self.colors = _palette(len(self.class_names))
         self.results: list[dict] = []
+        self._taken: dict[str, set[str]] = {}  # visual names used, per sub-folder
 
     def write(self, prediction: list[dict], batch: dict) -> None:
         for pred in prediction:
-            self.results += to_coco_results(pred, self.category_ids, Path(pred["path"]).name)
+            pred.setdefault("file_name", Path(pred["path"]).name)  # a predict_step of one's own may leave it out
+            self.results += to_coco_results(pred, self.category_ids, pred["file_name"])
             if self.visuals is not None:
                 self._draw(pred)
 
@@ -119,7 +123,9 @@ class DetectionWriter:
                 image, f"{self.class_names[label]} {score:.2f}", (x1, max(y1 - 3, 8)), cv2.FONT_HERSHEY_SIMPLEX,
                 0.35, color, 1, cv2.LINE_AA,
             )  # fmt: skip
-        cv2.imwrite(str(self.visuals / f"{Path(pred['path']).stem}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        relative = Path(pred["file_name"]).with_suffix("")
+        taken = self._taken.setdefault(relative.parent.as_posix(), set())
+        write_rgb(unique_path(self.visuals / relative.parent, relative.name, ".jpg", taken), image)
 
     def close(self) -> Path:
         self.path.write_text(json.dumps(self.results))

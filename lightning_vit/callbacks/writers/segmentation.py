@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 from PIL import Image
 
+from lightning_vit.callbacks.writers._visuals import unique_path, write_rgb
 from lightning_vit.datamodules._io import read_image
 
 __all__ = ["SegmentationWriter", "palette"]
@@ -28,12 +29,14 @@ def palette(num_colors: int = 256) -> np.ndarray:
 
 
 class SegmentationWriter:
-    """Write ``<output>/masks/<image stem>.png`` per image and, with ``save_visuals``, ``<output>/visuals/<stem>.png``.
+    """Write ``<output>/masks/<file name>.png`` per image and, with ``save_visuals``, ``<output>/visuals/<file
+    name>.png``, the file name being the image's path under ``predict_root`` (sub-folders are mirrored) with the
+    suffix replaced.
 
     A mask PNG has the input image's size and stores class indices as a palette ("P" mode) image, so viewers show
     colours while ``PIL.Image.open(path)`` reads back the indices (OpenCV would decode the colours). With more than
     256 classes the mask is a 16-bit grayscale PNG of the indices instead. The overlay blends the image with the
-    class colours (alpha 0.5). Images with the same stem in different folders overwrite each other.
+    class colours (alpha 0.5). Two images that differ only in their suffix (``a.jpg``, ``a.png``) get ``a_1.png``.
     """
 
     def __init__(
@@ -47,21 +50,26 @@ class SegmentationWriter:
             self.visuals.mkdir(parents=True, exist_ok=True)
         self.num_classes = pl_module.num_classes
         self.colors = palette(256)
+        self._taken: dict[str, set[str]] = {}  # names used, per sub-folder
 
     def write(self, prediction: dict, batch: dict) -> None:
-        for mask, path in zip(prediction["mask"], prediction["path"]):
+        names = prediction.get("file_name") or [Path(p).name for p in prediction["path"]]
+        for mask, path, name in zip(prediction["mask"], prediction["path"], names):
             mask = mask.cpu().numpy()
-            stem = Path(path).stem
+            relative = Path(name).with_suffix("")
+            taken = self._taken.setdefault(relative.parent.as_posix(), set())
+            target = unique_path(self.masks / relative.parent, relative.name, ".png", taken)
+            target.parent.mkdir(parents=True, exist_ok=True)
             if self.num_classes <= 256:
                 image = Image.fromarray(mask.astype(np.uint8))
                 image.putpalette(self.colors.reshape(-1).tolist())  # "L" -> "P"
-                image.save(self.masks / f"{stem}.png")
+                image.save(target)
             else:
-                cv2.imwrite(str(self.masks / f"{stem}.png"), mask.astype(np.uint16))
+                cv2.imwrite(str(target), mask.astype(np.uint16))
             if self.visuals is not None:
                 rgb = read_image(path)
                 overlay = (0.5 * rgb + 0.5 * self.colors[mask % 256]).astype(np.uint8)
-                cv2.imwrite(str(self.visuals / f"{stem}.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+                write_rgb(self.visuals / target.relative_to(self.masks), overlay)
 
     def close(self) -> Path:
         return self.output
