@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -214,6 +215,26 @@ class RecordLR(L.Callback):
         self.steps.append(_per_param(task, trainer.optimizers[0], "lr"))
 
 
+@pytest.mark.parametrize(
+    "length", [{"max_epochs": 2}, {"max_epochs": -1, "max_steps": 8}, {"max_epochs": 4, "max_steps": 8}]
+)
+def test_epoch_options_count_the_loaders_epochs_when_max_steps_ends_the_run(length: dict) -> None:
+    """warmup_epochs and milestones are epochs of the training loader (4 steps here), also when max_steps sets the
+    run's length: they were 0 steps without max_epochs and max_steps / max_epochs steps with both."""
+    task = ImageClassifier(
+        "test_coat_lite", num_classes=3, optimizer=partial(torch.optim.SGD, lr=0.1), lr_batch_size=2,
+        scheduler="step", milestones=[1], gamma=0.1, warmup_epochs=1, warmup_lr=0.0,
+    )  # fmt: skip
+    record = RecordLR()
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, limit_val_batches=0, callbacks=[record], **length,
+    )  # fmt: skip
+    trainer.fit(task, datamodule=RandomImages(batch_size=2, n=8))
+    lrs = [round(max(step.values()), 6) for step in record.steps]
+    assert lrs == [0.0, 0.025, 0.05, 0.075, 0.01, 0.01, 0.01, 0.01]
+
+
 class RecordFused(L.Callback):
     """Whether the optimizer is fused, and the gradient norm each step used (after clipping, which runs after
     ``on_before_optimizer_step``; the gradients stay until the next step zeroes them)."""
@@ -261,6 +282,21 @@ def test_default_optimizer_is_unfused_when_16_mixed_clips() -> None:
     assert task.default_optimizer(task.parameters()).param_groups[0]["fused"] is None
     task.trainer = SimpleNamespace(gradient_clip_val=None, precision_plugin=MixedPrecision("16-mixed", "cpu", scaler))
     assert task.default_optimizer(task.parameters()).param_groups[0]["fused"] is True
+
+
+def test_configured_fused_optimizer_runs_unfused_when_16_mixed_clips() -> None:
+    """The GPU recipes name AdamW(fused: true) and clip gradients; under 16-mixed (the README's advice for GPUs
+    without bf16) Lightning refused the fused optimizer at the first step. It is rebuilt unfused, with a warning,
+    and keeps the config's other options."""
+    optimizer = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05, betas=(0.8, 0.9), fused=True)
+    task = ImageClassifier("test_swin", num_classes=3, optimizer=optimizer)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = _trainer(1, [], enable_checkpointing=False, gradient_clip_val=1.0, plugins=[plugin])
+    with pytest.warns(UserWarning, match=r"AdamW\(fused=True\) from the config runs unfused"):
+        trainer.fit(task, datamodule=RandomImages(batch_size=2))
+    (used,) = trainer.optimizers
+    assert not used.defaults["fused"] and used.defaults["betas"] == (0.8, 0.9)
+    assert trainer.global_step == 2
 
 
 def test_schedule_scales_with_each_layer() -> None:

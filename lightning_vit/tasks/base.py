@@ -3,16 +3,18 @@ fine-tuning aids (layer-wise lr decay, a head lr, a frozen backbone for the firs
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
 import torch.nn as nn
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from lightning_vit.datamodules.base import SkippedSamplesReport
@@ -111,6 +113,26 @@ class BaseTask(L.LightningModule, ABC):
             fused = False
         return torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05, fused=fused or None)
 
+    def _unfused_to_clip(
+        self, optimizer: torch.optim.Optimizer, groups: Callable[[], list[dict]]
+    ) -> torch.optim.Optimizer:
+        """The configured optimizer, rebuilt unfused when it is fused, ``16-mixed`` scales the loss and gradients are
+        clipped: a fused step unscales the gradients only inside itself, after clipping, so Lightning refuses it (the
+        GPU recipes name ``fused: true`` for bf16). The same update, from the unfused kernels."""
+        if not (
+            optimizer.defaults.get("fused")
+            and getattr(self._trainer, "gradient_clip_val", None)
+            and self._loss_scaler()
+        ):
+            return optimizer
+        rank_zero_warn(
+            f"{type(optimizer).__name__}(fused=True) from the config runs unfused: under 16-mixed, gradient clipping "
+            "(trainer.gradient_clip_val) needs the unscaled gradients before the optimizer step"
+        )
+        accepted = inspect.signature(type(optimizer)).parameters
+        options = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+        return type(optimizer)(groups(), **{**options, "fused": False})
+
     def _loss_scaler(self) -> torch.amp.GradScaler | None:
         """The mixed-precision plugin's GradScaler (``16-mixed``); None without one (``bf16-mixed``, full precision)."""
         plugin = getattr(self._trainer, "precision_plugin", None)
@@ -204,21 +226,20 @@ class BaseTask(L.LightningModule, ABC):
         weight_decay = probe.defaults.get("weight_decay", 0.0)
         lr = probe.defaults["lr"]
         layers, lr_scales = self._lr_layers(lr)
-        optimizer = self.optimizer_factory(param_groups(self, weight_decay, self.no_weight_decay(), layers, lr_scales))
+        groups = functools.partial(param_groups, self, weight_decay, self.no_weight_decay(), layers, lr_scales)
+        optimizer = self._unfused_to_clip(self.optimizer_factory(groups()), groups)
         scale = self._batch_lr_scale()
         for group in optimizer.param_groups:  # before the scheduler, which takes these as the peak learning rates
             group["lr"] *= scale * group["lr_scale"]
         hp = self.hparams
         total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = self._steps_per_epoch() if hp.warmup_epochs or hp.milestones else 0
         # Estimating builds the training loader before a resumed run restores the loops, and the fit loop would then
         # keep that loader without applying its saved state; dropping it makes the fit loop build it again after the
         # restore, so a run resumed from a mid-epoch checkpoint continues with the next batch (Lightning 2.x).
         fit_loop = getattr(self.trainer, "fit_loop", None)
         if getattr(fit_loop, "_combined_loader", None) is not None:
             fit_loop._combined_loader = None
-        steps_per_epoch = (
-            total / self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 0
-        )
         warmup = math.ceil(hp.warmup_epochs * steps_per_epoch) if hp.warmup_epochs else hp.warmup_steps
         rank_zero_info(
             f"optimizer {type(optimizer).__name__}: peak lr {lr * scale:.3g} (x{scale:.3g} for the batch), "
@@ -237,6 +258,19 @@ class BaseTask(L.LightningModule, ABC):
             gamma=hp.gamma,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch of the training loader, for ``warmup_epochs`` and ``milestones``: right also
+        when ``max_steps`` ends the run (or sets its length without ``max_epochs``)."""
+        trainer = self.trainer
+        if not math.isfinite(trainer.num_training_batches):  # not measured yet: max_epochs -1 skips the estimate
+            trainer.fit_loop.setup_data()
+        if not math.isfinite(trainer.num_training_batches):
+            raise ValueError(
+                "model.init_args.warmup_epochs / milestones count epochs, but the training loader has no length "
+                "(an iterable dataset): give model.init_args.warmup_steps and the milestones in steps instead"
+            )
+        return max(math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches), 1)
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Report the samples a DataModule skipped as unreadable (``data.skip_bad_samples``) at each epoch's end; a
