@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import CONFIGS
 from PIL import Image
@@ -222,8 +223,9 @@ def test_ade20k_datamodule_reduce_zero_label_and_padding(tmp_path: Path) -> None
     image, mask = dm.datasets["val"].load(0)
     assert set(np.unique(mask)) == {255, 0, 1, 2}  # stored 0 -> ignore, 1..3 -> 0..2
     val = next(iter(dm.val_dataloader()))
-    assert val["image"].shape == (1, 3, 64, 90) and val["mask"].shape == (1, 64, 90)  # fit into (256, 64)
-    assert (val["mask"][0, :6] == 255).all() and set(val["mask"][0, 10].unique().tolist()) == {0, 1, 2}
+    assert val["image"].shape == (1, 3, 64, 90) and val["valid_size"].tolist() == [[64, 90]]  # fit into (256, 64)
+    # evaluation labels stay at the file's size (mmseg): the task resizes the logits to them
+    assert val["size"].tolist() == [[40, 56]] and torch.equal(val["mask"][0], torch.as_tensor(mask))
     train = next(iter(dm.train_dataloader()))
     assert train["image"].shape == (2, 3, 48, 48) and train["mask"].dtype == torch.long
     # a rescale below the crop is padded: image 0 after normalisation, mask 255
@@ -260,6 +262,33 @@ def test_predict_step_returns_masks_at_the_original_sizes() -> None:
         alone = model.predict_step(pad_collate(samples[1:]), 0)
     assert [tuple(m.shape) for m in out["mask"]] == [(80, 96), (17, 34)] and out["path"] == ["a.jpg", "b.jpg"]
     assert tuple(alone["mask"][0].shape) == (17, 34) and alone["mask"][0].max() < 5
+
+
+def test_evaluation_scores_at_each_label_maps_own_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmseg's protocol on a padded batch of two: each image's valid logits are resized (bilinear) to its label
+    map's size, and the confusion counts are taken there (hand computation); the padding never counts."""
+    model = _task("test_coat_lite", "upernet").eval()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 8, 10, generator=g)
+    monkeypatch.setattr(model, "inference_logits", lambda images: logits)
+    masks = [torch.randint(0, 5, (13, 21), generator=g), torch.randint(0, 5, (9, 6), generator=g)]
+    masks[1][0] = 255
+    valid = [(8, 10), (6, 4)]
+    samples = [{"image": torch.zeros(3, *v), "mask": m, "size": torch.tensor(m.shape)} for v, m in zip(valid, masks)]
+    batch = pad_collate(samples)
+    assert batch["mask"].shape == (2, 13, 21) and batch["image"].shape == (2, 3, 8, 10)
+    model.val_metrics.reset()
+    with torch.no_grad():
+        model._evaluate(batch, model.val_metrics, "val_")
+    confusion = torch.zeros(5, 5)
+    for i, ((vh, vw), mask) in enumerate(zip(valid, masks)):
+        scaled = F.interpolate(logits[i : i + 1, :, :vh, :vw], size=mask.shape, mode="bilinear", align_corners=False)
+        pred, keep = scaled[0].argmax(0), mask != 255
+        confusion.index_put_((mask[keep], pred[keep]), torch.ones(int(keep.sum())), accumulate=True)
+    scores = model.val_metrics.compute()
+    iou = confusion.diag() / (confusion.sum(0) + confusion.sum(1) - confusion.diag())
+    torch.testing.assert_close(scores["mIoU"], iou.mean())
+    torch.testing.assert_close(scores["aAcc"], confusion.diag().sum() / confusion.sum())
 
 
 def _folder_data(tmp_path: Path) -> dict[str, str]:

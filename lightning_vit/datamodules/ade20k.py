@@ -4,9 +4,11 @@ any pair of image and mask folders, with mmseg's ADE20K pipeline written in albu
 Training: random rescale of ``scale`` (long, short) by a ratio in ``ratio_range`` keeping the aspect ratio, a random
 ``crop_size`` crop in which no class covers more than ``cat_max_ratio`` of the labelled pixels (10 tries), horizontal
 flip, photometric distortion, normalisation, padding to ``crop_size`` (0 for the normalised image, ``ignore_index`` for
-the mask). Evaluation: the image and its mask are resized (bilinear / nearest) to fit ``scale`` keeping the ratio,
-and the metrics are computed at that resolution. Batches are dicts ``image`` (B, 3, H, W) float and ``mask``
-(B, H, W) long; evaluation batches of differently sized images are padded the same way.
+the mask). Evaluation, as mmseg's: the image is resized (bilinear) to fit ``scale`` keeping the ratio, the mask
+stays at the file's size, and the task resizes the logits back to it before the loss and the metrics. Batches are
+dicts ``image`` (B, 3, H, W) float and ``mask`` (B, H, W) long; evaluation batches of differently sized images are
+padded the same way (images and masks each to their largest), with ``valid_size`` (B, 2) the resized images' own
+(h, w) and ``size`` (B, 2) the masks'.
 """
 
 from __future__ import annotations
@@ -240,8 +242,10 @@ class SegmentationDataset(Dataset):
         reduce_zero_label: bool = False,
         mask_suffix: str = ".png",
         key: str = "data",
+        original_mask: bool = False,
     ) -> None:
         self.images, self.masks = Path(images), Path(masks)
+        self.original_mask = original_mask
         for folder, name in ((self.images, "images"), (self.masks, "masks")):
             if not folder.is_dir():
                 raise DatasetError(f"{key}: {name} folder {folder} does not exist")
@@ -290,6 +294,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image, mask = self.load(i)
+        if self.original_mask:  # evaluation: the transform resizes the image only
+            mask = torch.as_tensor(mask).long()
+            return {"image": self.transform(image=image)["image"], "mask": mask, "size": torch.tensor(mask.shape)}
         out = self.transform(image=image, mask=mask)
         return {"image": out["image"], "mask": torch.as_tensor(out["mask"]).long()}
 
@@ -298,12 +305,12 @@ def pad_collate(samples: list[dict], ignore_index: int = 255) -> dict:
     """Stack samples, zero-padding ``image`` and padding ``mask`` with ``ignore_index`` (bottom/right) to the largest
     size; ``valid_size`` (B, 2) keeps each image's own (h, w). Other tensors are stacked, other values listed."""
     sizes = [s["image"].shape[-2:] for s in samples]
-    h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
     batch: dict = {"valid_size": torch.tensor([list(s) for s in sizes])}
     for key in samples[0]:
         values = [s[key] for s in samples]
         if key in ("image", "mask"):
             fill = 0 if key == "image" else ignore_index
+            h, w = max(v.shape[-2] for v in values), max(v.shape[-1] for v in values)
             out = values[0].new_full((len(values), *values[0].shape[:-2], h, w), fill)
             for o, v in zip(out, values):
                 o[..., : v.shape[-2], : v.shape[-1]] = v
@@ -443,7 +450,7 @@ class SegmentationFolderDataModule(BaseDataModule):
         hp = self.hparams
         return SegmentationDataset(
             images, masks, self.train_transform() if split == "train" else self.eval_transform(), self.num_classes,
-            hp.ignore_index, hp.reduce_zero_label, hp.mask_suffix, key=key,
+            hp.ignore_index, hp.reduce_zero_label, hp.mask_suffix, key=key, original_mask=split != "train",
         )  # fmt: skip
 
     def setup(self, stage: str) -> None:

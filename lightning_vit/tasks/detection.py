@@ -9,6 +9,7 @@ rescaling of predictions to the original images, and COCO evaluation with torchm
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -335,8 +336,7 @@ class ObjectDetector(BaseTask):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         predictions = self.predict_batch(batch)
-        for pred, image_id, path, name in zip(
-            predictions, batch["image_id"].tolist(), batch["path"], batch["file_name"]
-        ):
+        names = batch.get("file_name") or [Path(p).name for p in batch["path"]]
+        for pred, image_id, path, name in zip(predictions, batch["image_id"].tolist(), batch["path"], names):
             pred["image_id"], pred["path"], pred["file_name"] = image_id, path, name
         return predictions

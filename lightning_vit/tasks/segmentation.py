@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -240,13 +241,23 @@ class SemanticSegmenter(BaseTask):
         return self(image).float()
 
     def _evaluate(self, batch: dict, metrics: SegmentationMetrics, prefix: str) -> None:
-        mask = batch["mask"]
+        """mmseg's protocol: each image's logits, cropped to its valid (unpadded) part, are resized (bilinear) to its
+        label map's size, where the loss and the metrics are computed. A batch without ``valid_size`` / ``size``
+        has its masks at the images' size."""
+        masks = batch["mask"]
         logits = self.inference_logits(batch["image"])
-        if logits.shape[-2:] != mask.shape[-2:]:
-            logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, mask, ignore_index=self.hparams.ignore_index, reduction="none").mean()
-        metrics.update(logits.argmax(dim=1), mask)
-        self.log_eval_loss(f"{prefix}loss", loss, len(mask))
+        count = len(masks)
+        valid = batch.get("valid_size", torch.tensor([logits.shape[-2:]] * count)).tolist()
+        sizes = batch.get("size", torch.tensor([masks.shape[-2:]] * count)).tolist()
+        losses = []
+        for i, ((vh, vw), (h, w)) in enumerate(zip(valid, sizes)):
+            image_logits, mask = logits[i : i + 1, :, :vh, :vw], masks[i : i + 1, :h, :w]
+            if image_logits.shape[-2:] != mask.shape[-2:]:
+                image_logits = F.interpolate(image_logits, size=(h, w), mode="bilinear", align_corners=False)
+            ignore = self.hparams.ignore_index
+            losses.append(F.cross_entropy(image_logits, mask, ignore_index=ignore, reduction="none").mean())
+            metrics.update(image_logits.argmax(dim=1), mask)
+        self.log_eval_loss(f"{prefix}loss", torch.stack(losses).mean(), count)
 
     def _log_scores(self, metrics: SegmentationMetrics, prefix: str) -> None:
         scores = metrics.compute()  # synced across processes: every rank logs the same values
@@ -280,4 +291,5 @@ class SemanticSegmenter(BaseTask):
         for i, ((vh, vw), (h, w)) in enumerate(zip(batch["valid_size"].tolist(), batch["size"].tolist())):
             valid = logits[i : i + 1, :, :vh, :vw]
             masks.append(F.interpolate(valid, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(dim=0))
-        return {"mask": masks, "path": list(batch["path"]), "file_name": list(batch["file_name"])}
+        names = batch.get("file_name") or [Path(p).name for p in batch["path"]]
+        return {"mask": masks, "path": list(batch["path"]), "file_name": list(names)}
