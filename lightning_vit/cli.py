@@ -33,6 +33,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_vit.backbones.pretrained import PretrainedError
 from lightning_vit.callbacks import NonFiniteError, NonFiniteGuard, PredictionWriter, RandomState
 from lightning_vit.datamodules import DatasetError
+from lightning_vit.errors import OptionError
 
 __all__ = ["LightningViTCLI", "main"]
 
@@ -92,6 +93,8 @@ class LightningViTCLI(LightningCLI):
         self._fill_class_names(config)
         if self.subcommand == "fit":
             self._resolve_run_dir(config)
+        if self.subcommand != "predict":
+            self._check_checkpoint_classes(config)
 
     def before_fit(self) -> None:
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
@@ -106,6 +109,29 @@ class LightningViTCLI(LightningCLI):
         datamodule = _import(config.data.class_path)(**config.data.init_args.as_dict())
         if hasattr(datamodule, "class_names"):
             args.class_names = list(datamodule.class_names)
+
+    @staticmethod
+    def _check_checkpoint_classes(config: Namespace) -> None:
+        """A checkpoint resumed or evaluated on data of other classes: one line that points to fine-tuning, where
+        Lightning would fail with a tensor-size traceback (or, at the last epoch already, train nothing)."""
+        path = config.get("ckpt_path")
+        if not (path and Path(path).is_file()):
+            return
+        trained = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+        trained = trained.get("class_names")
+        try:
+            datamodule = _import(config.data.class_path)(**config.data.init_args.as_dict())
+            current = list(datamodule.class_names) if hasattr(datamodule, "class_names") else None
+        except DatasetError:  # the data's own error comes when the run reads it
+            return
+        if trained is None or current is None or list(trained) == current:
+            return
+        raise DatasetError(
+            f"ckpt_path: {path} holds a model of {len(trained)} classes ({_some(trained)}) but "
+            f"{config.data.class_path.rpartition('.')[2]} gives {len(current)} ({_some(current)}); --ckpt_path "
+            f"continues that model on its own classes: to fine-tune it on this data, pass "
+            f"--model.init_args.pretrained {path} instead"
+        )
 
     @staticmethod
     def _resolve_run_dir(config: Namespace) -> None:
@@ -196,6 +222,11 @@ def _cli(args: list[str] | None) -> LightningViTCLI:
 TOOLS = {"export": "lightning_vit.export", "benchmark": "lightning_vit.benchmark"}
 
 
+def _some(names: list) -> str:
+    """The first few of ``names``, for a message."""
+    return ", ".join(map(str, names[:6])) + (", ..." if len(names) > 6 else "")
+
+
 def _option(argv: list[str], name: str) -> str | None:
     """The value of ``--name X`` or ``--name=X`` in ``argv``."""
     for i, arg in enumerate(argv):
@@ -230,11 +261,24 @@ def config_from_checkpoint(ckpt_path: str | Path) -> dict:
     return config
 
 
+USER_ERRORS = (DatasetError, PretrainedError, OptionError)
+#: Lightning's own names for checkpoints, resolved by the Trainer rather than read as files
+CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def _message(err: BaseException) -> str:
+    """The error's own message; for one re-raised from a DataLoader worker, without the worker's traceback."""
+    text = str(err)
+    if "Original Traceback" in text:  # torch's ExceptionWrapper: "...\nOriginal Traceback ...\nDatasetError: msg"
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def _user_error_cause(err: BaseException) -> BaseException | None:
-    """The DatasetError or PretrainedError that ``err`` was raised from (its cause / context chain), if any."""
+    """The DatasetError, PretrainedError or OptionError that ``err`` was raised from (its cause / context chain)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, (DatasetError, PretrainedError)):
+        if isinstance(err, USER_ERRORS):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
@@ -251,15 +295,21 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
     if argv and argv[0] in TOOLS:
         try:
             return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-        except (DatasetError, PretrainedError) as err:
-            print(f"error: {err}", file=sys.stderr)
+        except USER_ERRORS as err:
+            print(f"error: {_message(err)}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    if argv in ([], ["-h"], ["--help"]):  # the LightningCLI's help lists its own subcommands only
+        print(f"also: {', '.join(TOOLS)} (`python -m lightning_vit <tool> --help`)")
     import lightning_vit.datamodules  # noqa: F401  (registers the DataModules for class_path shorthands)
     import lightning_vit.tasks  # noqa: F401
 
     try:
         ckpt_path = _option(argv, "--ckpt_path")
+        if ckpt_path and ckpt_path not in CKPT_ALIASES:  # a clear error before Lightning reads it
+            from lightning_vit.tasks.loading import read_lightning_checkpoint
+
+            read_lightning_checkpoint(ckpt_path)
         if argv and argv[0] in ("validate", "test", "predict") and ckpt_path and _option(argv, "--config") is None:
             with tempfile.TemporaryDirectory() as tmp:  # the run's own settings, then the command line's
                 config = Path(tmp) / "from_checkpoint.yaml"
@@ -270,7 +320,7 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
         cause = _user_error_cause(err)
         if cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {_message(cause)}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 import yaml
 from conftest import CONFIGS
 
-from lightning_vit.cli import main
+from lightning_vit.cli import _message, main
+from lightning_vit.datamodules import DatasetError
 
 FAST = [
     "--model.init_args.backbone=test_coat_lite",
@@ -93,7 +95,7 @@ def test_fit_validate_test_predict(image_folder: Path, tmp_path: Path, monkeypat
     assert exit_info.value.code == 2
 
 
-def test_resume_last_continues_the_same_run(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+def test_resume_last_continues_the_same_run(image_folder: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     config = str(CONFIGS / "demo" / "coat_lite.yaml")
     data = [f"--data.init_args.root={image_folder}"]
@@ -101,8 +103,24 @@ def test_resume_last_continues_the_same_run(image_folder: Path, tmp_path: Path, 
     _run("fit", "--config", config, *FAST, *data, "--trainer.max_epochs=2", "--ckpt_path=last")
     runs = sorted(p.name for p in (tmp_path / "runs" / "demo_coat_lite").iterdir())
     assert runs == ["last.ckpt", "version_0"]  # the demo's fixed-path copy is overwritten, not versioned
-    ckpt = torch.load(tmp_path / "runs/demo_coat_lite/version_0/checkpoints/last.ckpt", weights_only=True)
+    last = tmp_path / "runs/demo_coat_lite/version_0/checkpoints/last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
+
+    # resuming on data of other classes: one line pointing to fine-tuning (was a tensor-size traceback)
+    other = tmp_path / "other"
+    shutil.copytree(image_folder, other)
+    for split in ("train", "val"):
+        shutil.rmtree(other / split / "star")
+    with pytest.raises(SystemExit) as exit_info:
+        _run("fit", "--config", config, *FAST, f"--data.init_args.root={other}", f"--ckpt_path={last}")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: ckpt_path: {last} holds a model of 3 classes (circle, square, star) but DemoShapesDataModule gives 2 "
+        f"(circle, square); --ckpt_path continues that model on its own classes: to fine-tune it on this data, pass "
+        f"--model.init_args.pretrained {last} instead"
+    )
 
 
 def test_bad_input_is_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -126,6 +144,24 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> Non
     with pytest.raises(SystemExit):
         _run("fit", "--config", config, "--data.init_args.batch_size=many")
     assert "Expected a <class 'int'>" in capsys.readouterr().err
+
+    # option values and checkpoint files the parser cannot judge: one line too, naming the key or file
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    cases = {
+        ("fit", "--ckpt_path=notes.ckpt"): "error: ckpt_path: notes.ckpt is not a readable PyTorch checkpoint (",
+        ("validate", "--ckpt_path=gone.ckpt"): "error: ckpt_path: gone.ckpt is not a file",
+        ("fit", "--model.init_args.backbone=coat_lite_tinyy"): (
+            "error: model.init_args.backbone: unknown backbone 'coat_lite_tinyy'; did you mean 'coat_lite_tiny'"
+        ),
+        ("fit", "--model.init_args.scheduler=cosinee"): "error: model.init_args.scheduler must be one of",
+        ("fit", "--model.init_args.layer_decay=1.5"): "error: model.init_args.layer_decay must be in (0, 1]",
+    }
+    for (command, option), expected in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            _run(command, "--config", str(CONFIGS / "demo" / "coat_lite.yaml"), option)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and err[-1].startswith(expected), (option, err[-3:])
+        assert not any(line.startswith("Traceback") for line in err), option
 
     # the segmentation demo starts from the classification demo's checkpoint; without it, one line says so
     with pytest.raises(SystemExit) as exit_info:
@@ -188,3 +224,16 @@ def test_patchconvnet_predict_writes_attention_overlays(image_folder: Path, tmp_
             written = cv2.imread(str(out / kind / f"{image_path.stem}.png"))
             assert written is not None and written.shape == original.shape, kind
             assert np.abs(written.astype(int) - original).mean() > 5, f"{kind} overlay left the image unchanged"
+
+
+def test_an_error_from_a_loader_worker_is_printed_without_the_workers_traceback() -> None:
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise DatasetError("cannot decode image a.png: the file is truncated")
+    except DatasetError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(DatasetError) as info:
+        wrapped.reraise()
+    assert "Original Traceback" in str(info.value)
+    assert _message(info.value) == "cannot decode image a.png: the file is truncated"

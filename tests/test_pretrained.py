@@ -56,6 +56,15 @@ def test_other_number_of_classes_reinitialises_the_classifier(tmp_path: Path, ca
     assert "missing keys" not in caplog.text  # the head is re-initialised, not missing
 
 
+def test_weights_of_another_family_are_an_error_not_a_silent_fresh_start(tmp_path: Path) -> None:
+    torch.save(_weights(num_classes=4), tmp_path / "coat.pth")
+    with pytest.raises(PretrainedError, match=r"coat\.pth shares too few weights with test_swin \(2 of its \d+"):
+        create_backbone("test_swin", num_classes=4, pretrained=str(tmp_path / "coat.pth"))
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(PretrainedError, match=r"noise\.pth is not a readable checkpoint"):
+        create_backbone("test_swin", pretrained=str(tmp_path / "noise.pth"))
+
+
 def test_code_running_pickle_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"model": _weights(), "payload": Exploit()}, path)
@@ -79,5 +88,5 @@ def test_safetensors_without_alias_keys_and_wrong_files(tmp_path: Path, caplog) 
     with pytest.raises(PretrainedError, match="does not exist|is not a file"):
         create_backbone("test_coat_lite", pretrained=str(tmp_path / "missing.pth"))
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "alien.pth")
-    with pytest.raises(PretrainedError, match="shares no key"):
+    with pytest.raises(PretrainedError, match="shares too few weights"):
         create_backbone("test_coat_lite", pretrained=str(tmp_path / "alien.pth"))

@@ -8,12 +8,15 @@ registry, so ``timm.create_model("scalable_vit_small")`` works once ``lightning_
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import sys
 from collections.abc import Callable
 from types import ModuleType
 
 import torch.nn as nn
+
+from lightning_vit.errors import OptionError
 
 __all__ = ["register_backbone", "create_backbone", "list_backbones", "backbone_family", "build_model"]
 
@@ -92,5 +95,9 @@ def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool = Fal
 
 def _check_name(name: str) -> None:
     if name not in _BACKBONES:
-        close = [n for n in _BACKBONES if n.split("_")[0] == name.split("_")[0]] or list_backbones()
-        raise ValueError(f"unknown backbone {name!r}; registered backbones include: {', '.join(sorted(close))}")
+        close = difflib.get_close_matches(name, list(_BACKBONES), n=4, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise OptionError(
+            f"model.init_args.backbone: unknown backbone {name!r}; {hint}"
+            "`python -c 'import lightning_vit; print(lightning_vit.list_backbones())'` lists them"
+        )

@@ -47,12 +47,15 @@ def read_checkpoint(source: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # not a pickle at all (weights-only loading names refused globals)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PretrainedError(f"pretrained: {path} is not a readable checkpoint: {first}") from err
         raise PretrainedError(
             f"pretrained: refusing to load {path}: it is not a plain weights file (its pickle would run code or "
             f"build objects other than tensors). Re-save it with torch.save(model.state_dict(), ...)"
         ) from err
-    except (RuntimeError, EOFError) as err:
-        raise PretrainedError(f"pretrained: {path} is not a readable checkpoint: {err}") from err
+    except Exception as err:  # a file that is no pickle fails anywhere in the unpickler (IndexError, KeyError...)
+        raise PretrainedError(f"pretrained: {path} is not a readable checkpoint: {type(err).__name__}: {err}") from err
 
 
 def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -86,6 +89,11 @@ def _timm_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
+def _some(keys: list[str], shown: int = 8) -> str:
+    """The first ``shown`` keys, and how many more."""
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
 def load_pretrained(model: nn.Module, source: str, name: str) -> tuple[list[str], list[str]]:
     """Load ``source`` into ``model`` (backbone ``name``); returns and logs the missing and unexpected keys."""
     from lightning_vit.backbones._registry import backbone_family
@@ -108,10 +116,20 @@ def load_pretrained(model: nn.Module, source: str, name: str) -> tuple[list[str]
     missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded and k not in mismatched]
     if mismatched:
         log.warning("pretrained %s: classifier re-initialised (%s: other number of classes)", source, mismatched)
+
+    def is_body(key: str) -> bool:
+        return key not in classifier and not key.startswith(("head.", "aggregate."))
+
+    body = [k for k in own if is_body(k)]
+    loaded_body = len(body) - len([k for k in missing if is_body(k)])
+    if loaded_body * 2 < len(body):  # another family shares at most a final norm's names
+        raise PretrainedError(
+            f"pretrained: {source} shares too few weights with {name} ({loaded_body} of its {len(body)} tensors "
+            f"outside the head; the file has {_some(list(state))}): is it a checkpoint of this family?"
+        )
     if missing:
-        log.warning("pretrained %s: missing keys (left at initialisation): %s", source, missing)
+        log.warning("pretrained %s: %d missing keys (left at initialisation): %s", source, len(missing), _some(missing))
     if result.unexpected_keys:
-        log.warning("pretrained %s: unexpected keys (ignored): %s", source, result.unexpected_keys)
-    if not set(own) - set(missing):
-        raise PretrainedError(f"pretrained: {source} shares no key with {name}; is it a checkpoint of this family?")
+        unexpected = result.unexpected_keys
+        log.warning("pretrained %s: %d unexpected keys (ignored): %s", source, len(unexpected), _some(unexpected))
     return missing, result.unexpected_keys

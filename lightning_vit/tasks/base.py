@@ -3,6 +3,7 @@ fine-tuning aids (layer-wise lr decay, a head lr, a frozen backbone for the firs
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -18,7 +19,14 @@ from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_info, r
 from torchmetrics import MeanMetric
 
 from lightning_vit.datamodules.base import SkippedSamplesReport
-from lightning_vit.tasks.optim import backbone_layer_ids, build_scheduler, fused_kernel_available, param_groups
+from lightning_vit.errors import OptionError
+from lightning_vit.tasks.optim import (
+    SCHEDULES,
+    backbone_layer_ids,
+    build_scheduler,
+    fused_kernel_available,
+    param_groups,
+)
 
 __all__ = ["BaseTask"]
 
@@ -90,11 +98,15 @@ class BaseTask(L.LightningModule, ABC):
         freeze_backbone_epochs: int = 0,
     ) -> None:
         if layer_decay is not None and not 0 < layer_decay <= 1:
-            raise ValueError(f"model.init_args.layer_decay must be in (0, 1] or null, got {layer_decay}")
+            raise OptionError(f"model.init_args.layer_decay must be in (0, 1] or null, got {layer_decay}")
         if head_lr is not None and head_lr <= 0:
-            raise ValueError(f"model.init_args.head_lr must be a positive learning rate or null, got {head_lr}")
+            raise OptionError(f"model.init_args.head_lr must be a positive learning rate or null, got {head_lr}")
+        if scheduler not in SCHEDULES:
+            close = difflib.get_close_matches(scheduler, SCHEDULES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise OptionError(f"model.init_args.scheduler must be one of {SCHEDULES}, got {scheduler!r}{hint}")
         if freeze_backbone_epochs < 0:
-            raise ValueError(f"model.init_args.freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}")
+            raise OptionError(f"model.init_args.freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}")
         super().__init__()
         self.save_hyperparameters()  # the subclass's arguments too: Lightning collects every __init__ frame
         self.optimizer_factory = _SharedFactory(optimizer) if optimizer is not None else self.default_optimizer
@@ -168,9 +180,9 @@ class BaseTask(L.LightningModule, ABC):
     def _set_classes(self, num_classes: int | None, class_names: list[str] | None) -> None:
         """``self.num_classes`` and ``self.class_names`` from either argument (the CLI fills ``class_names``)."""
         if num_classes is None and class_names is None:
-            raise ValueError("model.init_args.num_classes or model.init_args.class_names must be given")
+            raise OptionError("model.init_args.num_classes or model.init_args.class_names must be given")
         if num_classes is not None and class_names is not None and num_classes != len(class_names):
-            raise ValueError(f"model.init_args.num_classes={num_classes} but {len(class_names)} class_names given")
+            raise OptionError(f"model.init_args.num_classes={num_classes} but {len(class_names)} class_names given")
         self.num_classes = num_classes if num_classes is not None else len(class_names)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(self.num_classes)]
 
@@ -199,7 +211,7 @@ class BaseTask(L.LightningModule, ABC):
         trainer = self.trainer
         batch = getattr(trainer.datamodule, "batch_size", None)
         if batch is None:
-            raise ValueError("model.init_args.lr_batch_size needs a DataModule with a batch_size")
+            raise OptionError("model.init_args.lr_batch_size needs a DataModule with a batch_size")
         global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
         return global_batch / self.hparams.lr_batch_size
 

@@ -23,6 +23,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from lightning_vit.backbones import create_backbone
+from lightning_vit.errors import OptionError
 from lightning_vit.necks.simple_pyramid import SimplePyramid
 from lightning_vit.tasks.base import BaseTask
 
@@ -182,7 +183,7 @@ class ObjectDetector(BaseTask):
         **kwargs,
     ) -> None:
         if detector not in DETECTORS:
-            raise ValueError(f"model.init_args.detector must be one of {DETECTORS}, got {detector!r}")
+            raise OptionError(f"model.init_args.detector must be one of {DETECTORS}, got {detector!r}")
         super().__init__(**kwargs)
         self._set_classes(num_classes, class_names)
         self._set_category_ids(category_ids)
@@ -192,7 +193,9 @@ class ObjectDetector(BaseTask):
 
     def _set_category_ids(self, category_ids: list[int] | None) -> None:
         if category_ids is not None and len(category_ids) != self.num_classes:
-            raise ValueError(f"model.init_args.category_ids has {len(category_ids)} ids for {self.num_classes} classes")
+            raise OptionError(
+                f"model.init_args.category_ids has {len(category_ids)} ids for {self.num_classes} classes"
+            )
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, self.num_classes + 1))
 
     def configure_models(self) -> None:
@@ -251,7 +254,7 @@ class ObjectDetector(BaseTask):
     @staticmethod
     def _masks(target: dict) -> torch.Tensor:
         if "masks" not in target:
-            raise ValueError("Mask R-CNN needs instance masks: set data.init_args.with_masks=true")
+            raise OptionError("Mask R-CNN needs instance masks: set data.init_args.with_masks=true")
         return target["masks"]
 
     def _training_targets(self, targets: list[dict]) -> list[dict]:

@@ -46,16 +46,17 @@ def read_lightning_checkpoint(path: str | Path, map_location: str | torch.device
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if not zipfile.is_zipfile(path):
-            message = f"ckpt_path: {path} is not a readable PyTorch checkpoint: {_first_line(err)}"
+        if not zipfile.is_zipfile(path):  # neither torch.save's zip archive nor a legacy pickle of tensors
+            message = f"ckpt_path: {path} is not a readable PyTorch checkpoint (not a zip archive as torch.save writes)"
             raise PretrainedError(message) from err
         unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         raise PretrainedError(
             f"ckpt_path: refusing to load {path}: it holds Python objects that weights-only loading does not build "
             f"({unsafe}); expected a checkpoint whose hyperparameters are plain values, as the CLI writes them"
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise PretrainedError(f"ckpt_path: {path} is not a readable PyTorch checkpoint: {_first_line(err)}") from err
+    except Exception as err:  # a file that is no pickle fails anywhere in the unpickler (IndexError, KeyError...)
+        reason = f"{type(err).__name__}: {_first_line(err)}"
+        raise PretrainedError(f"ckpt_path: {path} is not a readable PyTorch checkpoint ({reason})") from err
     if not (isinstance(checkpoint, dict) and {"state_dict", "hyper_parameters"} <= checkpoint.keys()):
         keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise PretrainedError(

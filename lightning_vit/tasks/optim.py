@@ -11,6 +11,8 @@ import torch.nn as nn
 from timm.models import group_parameters
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_vit.errors import OptionError
+
 __all__ = ["SCHEDULES", "backbone_layer_ids", "param_groups", "build_scheduler", "fused_kernel_available"]
 
 SCHEDULES = ("cosine", "poly", "step", "constant")
@@ -114,7 +116,7 @@ def build_scheduler(
         gamma: decay factor of ``step``.
     """
     if name not in SCHEDULES:
-        raise ValueError(f"model.init_args.scheduler must be one of {SCHEDULES}, got {name!r}")
+        raise OptionError(f"model.init_args.scheduler must be one of {SCHEDULES}, got {name!r}")
     milestones = sorted(milestones)
     decay_steps = max(1, total_steps - warmup_steps)
 

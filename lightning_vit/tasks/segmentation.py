@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from lightning_vit.backbones import create_backbone
+from lightning_vit.errors import OptionError
 from lightning_vit.heads.segmentation import FCNHead, SemanticFPNHead, UperNetHead
 from lightning_vit.necks.fpn import FPN
 from lightning_vit.necks.simple_pyramid import SimplePyramid
@@ -165,9 +166,9 @@ class SemanticSegmenter(BaseTask):
         **kwargs,
     ) -> None:
         if head not in HEADS:
-            raise ValueError(f"model.init_args.head must be one of {HEADS}, got {head!r}")
+            raise OptionError(f"model.init_args.head must be one of {HEADS}, got {head!r}")
         if inference not in INFERENCE:
-            raise ValueError(f"model.init_args.inference must be one of {INFERENCE}, got {inference!r}")
+            raise OptionError(f"model.init_args.inference must be one of {INFERENCE}, got {inference!r}")
         super().__init__(**kwargs)
         self._set_classes(num_classes, class_names)
         self.configure_models()
