@@ -29,6 +29,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_vit.backbones.pretrained import PretrainedError
 from lightning_vit.callbacks import NonFiniteError, NonFiniteGuard, PredictionWriter, RandomState
@@ -321,6 +322,9 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
         if cause is None:
             raise
         print(f"error: {_message(cause)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MisconfigurationException as err:  # Lightning's own checks of the trainer's options and callbacks
+        print(f"error: {_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)

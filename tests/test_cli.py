@@ -237,3 +237,13 @@ def test_an_error_from_a_loader_worker_is_printed_without_the_workers_traceback(
         wrapped.reraise()
     assert "Original Traceback" in str(info.value)
     assert _message(info.value) == "cannot decode image a.png: the file is truncated"
+
+
+def test_lightnings_own_misconfiguration_is_one_line(image_folder: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The configs' LearningRateMonitor needs a logger: without one Lightning's check ends in one line too."""
+    monkeypatch.chdir(tmp_path)
+    config = str(CONFIGS / "demo" / "coat_lite.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        _run("fit", "--config", config, *FAST, f"--data.init_args.root={image_folder}", "--trainer.logger=false")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("error: Cannot use `LearningRateMonitor`"), err[-3:]
