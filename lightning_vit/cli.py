@@ -118,8 +118,9 @@ class LightningViTCLI(LightningCLI):
         path = config.get("ckpt_path")
         if not (path and Path(path).is_file()):
             return
-        trained = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
-        trained = trained.get("class_names")
+        from lightning_vit.tasks.loading import read_lightning_checkpoint
+
+        trained = read_lightning_checkpoint(path)["hyper_parameters"].get("class_names")
         try:
             datamodule = _import(config.data.class_path)(**config.data.init_args.as_dict())
             current = list(datamodule.class_names) if hasattr(datamodule, "class_names") else None

@@ -34,7 +34,7 @@ def _first_line(err: Exception) -> str:
 
 
 def read_lightning_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """The checkpoint dict of ``path``, read with ``weights_only=True``.
+    """The checkpoint dict of ``path``, read with ``weights_only=True`` (memory-mapped).
 
     Raises:
         PretrainedError: the file is missing, unreadable, holds objects ``weights_only`` refuses, or is not a
@@ -44,7 +44,8 @@ def read_lightning_checkpoint(path: str | Path, map_location: str | torch.device
     if not path.is_file():
         raise PretrainedError(f"ckpt_path: {path} is not a file (expected a .ckpt written by `lightning_vit fit`)")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        # memory-mapped where the format allows (torch.save's zip): tensors are read when used, not all up front
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         if not zipfile.is_zipfile(path):  # neither torch.save's zip archive nor a legacy pickle of tensors
             message = f"ckpt_path: {path} is not a readable PyTorch checkpoint (not a zip archive as torch.save writes)"
