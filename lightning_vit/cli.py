@@ -217,6 +217,7 @@ def _cli(args: list[str] | None) -> LightningViTCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         parser_class=ConciseParser,
+        parser_kwargs={"prog": "python -m lightning_vit"},  # not __main__.py
         args=args,
     )
 
