@@ -265,8 +265,13 @@ def test_filter_empty_and_missing_images(coco_root: Path) -> None:
     (coco_root / "val2017" / "000002.jpg").unlink()
     with pytest.raises(DatasetError, match=r"data\.val_images: 1 image\(s\) .* missing .* 000002\.jpg"):
         _datamodule(coco_root).setup("validate")
+    # without the training json (evaluating a checkpoint elsewhere) the categories come from the validation json
+    elsewhere = _datamodule(coco_root, train_ann=str(coco_root / "nowhere.json"))
+    assert elsewhere.class_names == filtered.class_names and elsewhere.category_ids == list(CATEGORY_IDS)
     with pytest.raises(DatasetError, match=r"data\.train_ann: .*nowhere\.json does not exist"):
-        _ = _datamodule(coco_root, train_ann=str(coco_root / "nowhere.json")).class_names
+        _ = _datamodule(
+            coco_root, train_ann=str(coco_root / "nowhere.json"), val_ann=str(coco_root / "no.json")
+        ).class_names
 
 
 # ---------------------------------------------------------------------------------------------------- metrics

@@ -480,21 +480,27 @@ class COCODataModule(BaseDataModule):
 
     @property
     def categories(self) -> list[dict]:
-        """The training json's categories sorted by id (read once)."""
+        """The training json's categories sorted by id (read once); the validation json's when the training json
+        is absent (evaluating a checkpoint elsewhere: the CLI checks they are the checkpoint's classes)."""
         if self._categories is None:
-            path = self.paths["train"][1]
+            split, path = "train", self.paths["train"][1]
+            if not path.is_file() and self.paths["val"][1].is_file():
+                split, path = "val", self.paths["val"][1]
+                rank_zero_info(
+                    f"categories from {path}: {self._key('train', 'ann')} {self.paths['train'][1]} is absent"
+                )
+            key = self._key(split, "ann")
             if not path.is_file():
-                raise DatasetError(f"{self._key('train', 'ann')}: {path} does not exist; {LAYOUT_HELP}")
+                raise DatasetError(f"{key}: {path} does not exist; {LAYOUT_HELP}")
             try:
                 categories = json.loads(path.read_text()).get("categories")
             except (OSError, ValueError) as err:
-                raise DatasetError(f"{self._key('train', 'ann')}: cannot read {path} as json: {err}") from err
+                raise DatasetError(f"{key}: cannot read {path} as json: {err}") from err
             if not categories:
-                raise DatasetError(f"{self._key('train', 'ann')}: {path} has no categories")
+                raise DatasetError(f"{key}: {path} has no categories")
             if not all(isinstance(c, dict) and "id" in c and "name" in c for c in categories):
                 raise DatasetError(
-                    f"{self._key('train', 'ann')}: {path}: category entries need an 'id' and a 'name', e.g. "
-                    '{"id": 1, "name": "person"}'
+                    f'{key}: {path}: category entries need an \'id\' and a \'name\', e.g. {{"id": 1, "name": "person"}}'
                 )
             self._categories = sorted(categories, key=lambda c: c["id"])
         return self._categories
