@@ -34,7 +34,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_vit.backbones.pretrained import PretrainedError
 from lightning_vit.callbacks import NonFiniteError, NonFiniteGuard, PredictionWriter, RandomState
 from lightning_vit.datamodules import DatasetError
-from lightning_vit.errors import OptionError
+from lightning_vit.errors import OptionError, shorten
 
 __all__ = ["LightningViTCLI", "main"]
 
@@ -129,8 +129,8 @@ class LightningViTCLI(LightningCLI):
         if trained is None or current is None or list(trained) == current:
             return
         raise DatasetError(
-            f"ckpt_path: {path} holds a model of {len(trained)} classes ({_some(trained)}) but "
-            f"{config.data.class_path.rpartition('.')[2]} gives {len(current)} ({_some(current)}); --ckpt_path "
+            f"ckpt_path: {path} holds a model of {len(trained)} classes ({shorten(trained)}) but "
+            f"{config.data.class_path.rpartition('.')[2]} gives {len(current)} ({shorten(current)}); --ckpt_path "
             f"continues that model on its own classes: to fine-tune it on this data, pass "
             f"--model.init_args.pretrained {path} instead"
         )
@@ -225,11 +225,6 @@ def _cli(args: list[str] | None) -> LightningViTCLI:
 TOOLS = {"export": "lightning_vit.export", "benchmark": "lightning_vit.benchmark"}
 
 
-def _some(names: list) -> str:
-    """The first few of ``names``, for a message."""
-    return ", ".join(map(str, names[:6])) + (", ..." if len(names) > 6 else "")
-
-
 def _option(argv: list[str], name: str) -> str | None:
     """The value of ``--name X`` or ``--name=X`` in ``argv``."""
     for i, arg in enumerate(argv):
@@ -309,15 +304,15 @@ def main(args: list[str] | None = None) -> LightningViTCLI | None:
 
     try:
         ckpt_path = _option(argv, "--ckpt_path")
+        if argv and argv[0] in ("validate", "test", "predict") and ckpt_path and _option(argv, "--config") is None:
+            with tempfile.TemporaryDirectory() as tmp:  # the run's own settings, then the command line's
+                config = Path(tmp) / "from_checkpoint.yaml"
+                config.write_text(yaml.safe_dump(config_from_checkpoint(ckpt_path)))  # checks the file too
+                return _cli([argv[0], "--config", str(config), *argv[1:]])
         if ckpt_path and ckpt_path not in CKPT_ALIASES:  # a clear error before Lightning reads it
             from lightning_vit.tasks.loading import read_lightning_checkpoint
 
             read_lightning_checkpoint(ckpt_path)
-        if argv and argv[0] in ("validate", "test", "predict") and ckpt_path and _option(argv, "--config") is None:
-            with tempfile.TemporaryDirectory() as tmp:  # the run's own settings, then the command line's
-                config = Path(tmp) / "from_checkpoint.yaml"
-                config.write_text(yaml.safe_dump(config_from_checkpoint(ckpt_path)))
-                return _cli([argv[0], "--config", str(config), *argv[1:]])
         return _cli(args)
     except ValueError as err:  # a DatasetError / PretrainedError, raised directly or wrapped by jsonargparse
         cause = _user_error_cause(err)

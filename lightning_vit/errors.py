@@ -6,8 +6,13 @@ Errors of files on disk are :class:`lightning_vit.datamodules.DatasetError` (dat
 
 from __future__ import annotations
 
-__all__ = ["OptionError"]
+__all__ = ["OptionError", "shorten"]
 
 
 class OptionError(ValueError):
     """An option holds a value it does not accept; the message names the config key and what it accepts."""
+
+
+def shorten(items: list, shown: int = 8) -> str:
+    """The first ``shown`` of ``items`` and how many more, for a message."""
+    return ", ".join(map(str, items[:shown])) + (f" and {len(items) - shown} more" if len(items) > shown else "")

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lightning_vit.errors import shorten
+
 __all__ = ["PretrainedError", "load_pretrained", "read_checkpoint", "extract_state_dict"]
 
 log = logging.getLogger(__name__)
@@ -89,11 +91,6 @@ def _timm_state_dict(name: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def _some(keys: list[str], shown: int = 8) -> str:
-    """The first ``shown`` keys, and how many more."""
-    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
-
-
 def load_pretrained(model: nn.Module, source: str, name: str) -> tuple[list[str], list[str]]:
     """Load ``source`` into ``model`` (backbone ``name``); returns and logs the missing and unexpected keys."""
     from lightning_vit.backbones._registry import backbone_family
@@ -125,11 +122,13 @@ def load_pretrained(model: nn.Module, source: str, name: str) -> tuple[list[str]
     if loaded_body * 2 < len(body):  # another family shares at most a final norm's names
         raise PretrainedError(
             f"pretrained: {source} shares too few weights with {name} ({loaded_body} of its {len(body)} tensors "
-            f"outside the head; the file has {_some(list(state))}): is it a checkpoint of this family?"
+            f"outside the head; the file has {shorten(list(state))}): is it a checkpoint of this family?"
         )
     if missing:
-        log.warning("pretrained %s: %d missing keys (left at initialisation): %s", source, len(missing), _some(missing))
+        log.warning(
+            "pretrained %s: %d missing keys (left at initialisation): %s", source, len(missing), shorten(missing)
+        )
     if result.unexpected_keys:
         unexpected = result.unexpected_keys
-        log.warning("pretrained %s: %d unexpected keys (ignored): %s", source, len(unexpected), _some(unexpected))
+        log.warning("pretrained %s: %d unexpected keys (ignored): %s", source, len(unexpected), shorten(unexpected))
     return missing, result.unexpected_keys

@@ -27,23 +27,22 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        raw = path.read_bytes()
     except OSError as err:
         raise DatasetError(f"cannot read image {path}: {err.strerror or err}") from err
-    if data.size == 0:
+    if not raw:
         raise DatasetError(f"cannot decode image {path}: the file is empty (0 bytes)")
-    if _is_truncated(data):
+    if _is_truncated(raw):
         raise DatasetError(f"cannot decode image {path}: the file is truncated (its end-of-image marker is missing)")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise DatasetError(f"cannot decode image {path}: not a readable image file (corrupt or unsupported format)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _is_truncated(data: np.ndarray) -> bool:
+def _is_truncated(buf: bytes) -> bool:
     """A JPEG whose image data has no EOI marker after it, or a PNG whose chunks end before IEND (OpenCV would
     decode half). Bytes after the end (a motion photo's video, a trailer) are allowed, as decoders do."""
-    buf = data.tobytes()
     if buf.startswith(b"\xff\xd8"):
         scan = _jpeg_first_scan(buf)
         return scan is None or buf.rfind(b"\xff\xd9", scan) == -1  # an EXIF thumbnail's EOI comes before the scan

@@ -278,7 +278,7 @@ class BaseTask(L.LightningModule, ABC):
         if not math.isfinite(trainer.num_training_batches):  # not measured yet: max_epochs -1 skips the estimate
             trainer.fit_loop.setup_data()
         if not math.isfinite(trainer.num_training_batches):
-            raise ValueError(
+            raise OptionError(
                 "model.init_args.warmup_epochs / milestones count epochs, but the training loader has no length "
                 "(an iterable dataset): give model.init_args.warmup_steps and the milestones in steps instead"
             )

@@ -100,7 +100,6 @@ class DetectionWriter:
 
     def write(self, prediction: list[dict], batch: dict) -> None:
         for pred in prediction:
-            pred.setdefault("file_name", Path(pred["path"]).name)  # a predict_step of one's own may leave it out
             self.results += to_coco_results(pred, self.category_ids, pred["file_name"])
             if self.visuals is not None:
                 self._draw(pred)

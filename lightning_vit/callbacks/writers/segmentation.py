@@ -53,8 +53,7 @@ class SegmentationWriter:
         self._taken: dict[str, set[str]] = {}  # names used, per sub-folder
 
     def write(self, prediction: dict, batch: dict) -> None:
-        names = prediction.get("file_name") or [Path(p).name for p in prediction["path"]]
-        for mask, path, name in zip(prediction["mask"], prediction["path"], names):
+        for mask, path, name in zip(prediction["mask"], prediction["path"], prediction["file_name"]):
             mask = mask.cpu().numpy()
             relative = Path(name).with_suffix("")
             taken = self._taken.setdefault(relative.parent.as_posix(), set())
