@@ -200,8 +200,11 @@ def test_linear_routes_agree_with_float64_reference(
     tol = dict(atol=0.1, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
     assert out.dtype == dtype and out.shape == (3, 5, 24)
     torch.testing.assert_close(out.double(), ref, **tol)
-    # oneDNN: calls without gradient, GELU fused; fp32 calls with gradient too where MKL is not the faster
-    if not needs_grad:
+    # oneDNN: calls without gradient, GELU fused; fp32 calls with gradient too where MKL is not the faster; bf16
+    # calls only where oneDNN runs bf16 on this processor (not on AVX2-only ones)
+    if dtype == torch.bfloat16 and not _layers._onednn_bf16():
+        assert calls == []
+    elif not needs_grad:
         assert calls == [activation or "none"]
     else:
         assert calls == (["none"] if dtype == torch.float32 and onednn_gradients else [])
@@ -213,6 +216,33 @@ def test_linear_routes_agree_with_float64_reference(
         for g, r in zip(grads, ref_grads):
             assert g.dtype == torch.float32
             torch.testing.assert_close(g.double(), r.double(), **{k: 5 * t for k, t in tol.items()})
+
+
+@pytest.mark.parametrize("bf16_supported", [False, True])
+def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_supported: bool) -> None:
+    """On a processor without avx512 oneDNN cannot build a bf16 matmul (it raises): bf16 calls take F.linear
+    there, with the same values; fp32 calls keep oneDNN."""
+    from lightning_vit.backbones import _layers
+
+    if _layers._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    if bf16_supported and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("oneDNN runs no bf16 matmul on this processor")
+    calls = []
+    monkeypatch.setattr(
+        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[0].dtype) or torch.ops.mkldnn._linear_pointwise(*a)
+    )
+    monkeypatch.setattr(_layers, "_onednn_bf16", lambda: bf16_supported)
+    layer = _layers.Linear(16, 8)
+    x = torch.randn(6, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), atol=0.05, rtol=2e-2)
+    with torch.no_grad():
+        layer(x)
+    assert calls == ([torch.bfloat16] if bf16_supported else []) + [torch.float32]
 
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])

@@ -51,6 +51,15 @@ def _onednn_fp32_gradients() -> bool:
     return "intel" not in _cpu_vendor().lower()
 
 
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 matmuls on this CPU: it needs avx512 (avx512_core at least); on an AVX2-only
+    processor (an AMD EPYC without avx512, seen here) it cannot build a bf16 linear at all and raises, so bf16
+    calls take ``F.linear`` there."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -170,7 +179,9 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
         dtype = x.dtype
     else:
         return None
-    return dtype if dtype in (torch.float32, torch.bfloat16) else None
+    if dtype == torch.bfloat16:
+        return dtype if _onednn_bf16() else None
+    return dtype if dtype == torch.float32 else None
 
 
 class _OneDnnLinear(torch.autograd.Function):
