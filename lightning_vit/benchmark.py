@@ -91,6 +91,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lightning_vit.backbones import backbone_family, create_backbone
+from lightning_vit.runtime import cpu_bf16_kernels
 from lightning_vit.tasks.optim import fused_kernel_available
 
 __all__ = [
@@ -924,13 +925,19 @@ def _check_ports(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def machine_info(device: torch.device) -> dict:
     """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), []
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            lines = f.read().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # the vector unit torch's kernels use, and what bf16 runs on: AMX, avx512_bf16, or emulation (no bf16 kernels)
+    isa = [torch.backends.cpu.get_cpu_capability(), *(f for f in ("avx512_bf16", "amx_bf16") if f in flags)]
     info = {
         "cpu": cpu,
+        "isa": "+".join(isa),
+        "bf16_kernels": "yes" if cpu_bf16_kernels() else "no",
         "cpus": cpus,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -9,15 +9,23 @@ page faults per step with glibc's defaults and 150-1,200 with these, and its med
 (faster in all five pairs); CoaT-Lite Tiny 10,000-34,000 -> 0-1,200 faults, 652 -> 634 ms (faster in four of five).
 Peak resident memory changed by -1% to +3%. ``LIGHTNING_VIT_MALLOC=default`` keeps glibc's defaults. The library
 never changes them on import; call the function to get the same in your own scripts.
+
+:func:`cpu_bf16_kernels`: whether this CPU has bf16 kernels (oneDNN's, which need avx512). Without them every
+bf16 matmul and convolution is emulated: on an AVX2-only AMD EPYC (2 threads, CoaT-Lite Tiny, batch 8 at 224) bf16
+inference ran at 2.5 img/s against 21.3 in fp32, and a training step at 0.32 against 8.2. The command line then
+runs a ``bf16-mixed`` recipe in ``32-true`` (see :mod:`lightning_vit.cli`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
-__all__ = ["tune_malloc"]
+import torch
+
+__all__ = ["cpu_bf16_kernels", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -38,3 +46,11 @@ def tune_malloc() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+@functools.cache
+def cpu_bf16_kernels() -> bool:
+    """Whether oneDNN runs bf16 on this CPU (avx512_core or newer; AMX and avx512_bf16 make it fast). False on
+    AVX2-only processors, where oneDNN cannot even build a bf16 matmul, and in builds without oneDNN."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(torch.backends.mkldnn.is_available() and check is not None and check())

@@ -202,7 +202,7 @@ def test_linear_routes_agree_with_float64_reference(
     torch.testing.assert_close(out.double(), ref, **tol)
     # oneDNN: calls without gradient, GELU fused; fp32 calls with gradient too where MKL is not the faster; bf16
     # calls only where oneDNN runs bf16 on this processor (not on AVX2-only ones)
-    if dtype == torch.bfloat16 and not _layers._onednn_bf16():
+    if dtype == torch.bfloat16 and not _layers.cpu_bf16_kernels():
         assert calls == []
     elif not needs_grad:
         assert calls == [activation or "none"]
@@ -232,7 +232,7 @@ def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_su
     monkeypatch.setattr(
         _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[0].dtype) or torch.ops.mkldnn._linear_pointwise(*a)
     )
-    monkeypatch.setattr(_layers, "_onednn_bf16", lambda: bf16_supported)
+    monkeypatch.setattr(_layers, "cpu_bf16_kernels", lambda: bf16_supported)
     layer = _layers.Linear(16, 8)
     x = torch.randn(6, 16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -38,6 +38,8 @@ def test_compare_timm_rows_are_interleaved_pairs_with_consistent_ratios(tmp_path
     rows = benchmark.main([*argv, *TINY, "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == rows and saved["machine"]["cpus"] >= 1 and saved["machine"]["torch_threads"] == 1
+    assert saved["machine"]["bf16_kernels"] in ("yes", "no")
+    assert saved["machine"]["isa"].split("+")[0] == torch.backends.cpu.get_cpu_capability()
     assert len(rows) == 8  # (infer, train) x (fp32, bf16) x (ours, timm)
     pairs = {}
     for row in rows:

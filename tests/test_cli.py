@@ -247,3 +247,38 @@ def test_lightnings_own_misconfiguration_is_one_line(image_folder: Path, tmp_pat
         _run("fit", "--config", config, *FAST, f"--data.init_args.root={image_folder}", "--trainer.logger=false")
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("error: Cannot use `LearningRateMonitor`"), err[-3:]
+
+
+@pytest.mark.parametrize(
+    ("precision", "kernels", "keep", "expected"),
+    [
+        ("bf16-mixed", False, False, "32-true"),
+        ("bf16-mixed", True, False, "bf16-mixed"),
+        ("bf16-mixed", False, True, "bf16-mixed"),
+        ("bf16-true", False, False, "bf16-true"),
+        ("32-true", False, False, "32-true"),
+    ],
+)
+def test_bf16_mixed_runs_fp32_on_a_cpu_without_bf16_kernels(
+    precision: str, kernels: bool, keep: bool, expected: str, image_folder: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """On an AVX2-only CPU bf16 is emulated (8-26x slower than fp32): a bf16-mixed recipe runs 32-true there, with a
+    warning naming the key; LIGHTNING_VIT_CPU_BF16=keep and bf16-true keep bf16 (warned); CPUs with the kernels
+    run what the config says."""
+    import lightning_vit.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "cpu_bf16_kernels", lambda: kernels)
+    if keep:
+        monkeypatch.setenv("LIGHTNING_VIT_CPU_BF16", "keep")
+    config = str(CONFIGS / "demo" / "coat_lite.yaml")
+    args = [*FAST, f"--data.init_args.root={image_folder}", f"--trainer.precision={precision}"]
+    with caplog.at_level("WARNING", logger="lightning_vit.cli"):
+        run = main(["validate", "--config", config, *args, "--trainer.limit_val_batches=1"])
+    assert run.trainer.precision == expected
+    warned = [r.getMessage() for r in caplog.records if r.name == "lightning_vit.cli"]
+    if kernels or precision == "32-true":
+        assert warned == []
+    else:
+        assert len(warned) == 1 and warned[0].startswith(f"trainer.precision {precision}: this CPU has no bf16")
+        assert ("running in 32-true" in warned[0]) == (expected == "32-true")

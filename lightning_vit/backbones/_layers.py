@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch.autograd.function import once_differentiable
 
+from lightning_vit.runtime import cpu_bf16_kernels
+
 __all__ = [
     "DepthwiseConv2d",
     "Linear",
@@ -49,15 +51,6 @@ def _onednn_fp32_gradients() -> bool:
     757 ms with MKL, 870 ms with oneDNN). See README "Performance".
     """
     return "intel" not in _cpu_vendor().lower()
-
-
-@functools.cache
-def _onednn_bf16() -> bool:
-    """Whether oneDNN runs bf16 matmuls on this CPU: it needs avx512 (avx512_core at least); on an AVX2-only
-    processor (an AMD EPYC without avx512, seen here) it cannot build a bf16 linear at all and raises, so bf16
-    calls take ``F.linear`` there."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(check is not None and check())
 
 
 def attention(
@@ -140,9 +133,10 @@ def linear(
       :func:`_onednn_fp32_gradients`);
     - gradient in bf16: ``F.linear``, which autocast and oneDNN serve well.
 
-    Traced, scripted, compiled and exported calls, other devices and dtypes take ``F.linear``, so exported graphs
-    hold standard ops and ``torch.compile`` makes its own fusions. Outputs equal ``F.linear``'s up to rounding
-    (summation order; the fused GELU rounds once in bf16 instead of twice).
+    bf16 calls take oneDNN only where this CPU has its bf16 kernels (:func:`lightning_vit.runtime.cpu_bf16_kernels`;
+    not on AVX2-only processors). Traced, scripted, compiled and exported calls, other devices and dtypes take
+    ``F.linear``, so exported graphs hold standard ops and ``torch.compile`` makes its own fusions. Outputs equal
+    ``F.linear``'s up to rounding (summation order; the fused GELU rounds once in bf16 instead of twice).
     """
     if activation not in (None, "gelu"):
         raise ValueError(f"activation: expected None or 'gelu', got {activation!r}")
@@ -180,7 +174,7 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     else:
         return None
     if dtype == torch.bfloat16:
-        return dtype if _onednn_bf16() else None
+        return dtype if cpu_bf16_kernels() else None
     return dtype if dtype == torch.float32 else None
 
 
