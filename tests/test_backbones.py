@@ -143,12 +143,19 @@ def test_attention_routes_agree_with_float64_reference(dtype, mask_grad, dq, dv)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask_grad", [False, True])
 @pytest.mark.parametrize("mask_dtype", [None, torch.float32])
-def test_attention_per_window_mask_and_wider_mask(dtype, mask_grad, mask_dtype) -> None:
-    """A mask of M windows applies to batch entry i as mask[i % M] (window_partition order) on every route, with
-    its gradient summed over the batch; an fp32 mask on bf16 inputs takes the softmax in fp32 (closer to the
-    float64 reference than the bf16 mask's route) and returns v's dtype."""
+@pytest.mark.parametrize("route", ["auto", "sdpa"])
+def test_attention_per_window_mask_and_wider_mask(monkeypatch, dtype, mask_grad, mask_dtype, route) -> None:
+    """A mask of M windows applies to batch entry i as mask[i % M] (window_partition order) on every route (the
+    one CPU picks, and SDPA's, which CUDA takes), with its gradient summed over the batch; an fp32 mask on bf16
+    inputs takes the softmax in fp32 (closer to the float64 reference than the bf16 mask's route) and returns v's
+    dtype."""
+    from lightning_vit.backbones import _layers
     from lightning_vit.backbones._layers import attention
 
+    if route == "sdpa":
+        if dtype == torch.bfloat16 and mask_dtype is not None:
+            pytest.skip("SDPA takes the mask in q's dtype: the wider mask's softmax is the plain ops' own")
+        monkeypatch.setattr(_layers, "_plain_ops_faster", lambda q, m: False)
     torch.manual_seed(0)
     batch, windows = 3, 4
     q, k, v = (torch.randn(batch * windows, 2, 9, 8) for _ in range(3))
