@@ -155,7 +155,7 @@ def test_attention_per_window_mask_and_wider_mask(monkeypatch, dtype, mask_grad,
     if route == "sdpa":
         if dtype == torch.bfloat16 and mask_dtype is not None:
             pytest.skip("SDPA takes the mask in q's dtype: the wider mask's softmax is the plain ops' own")
-        monkeypatch.setattr(_layers, "_plain_ops_faster", lambda q, m: False)
+        monkeypatch.setattr(_layers, "_plain_ops_faster", lambda q, k, m: False)
     torch.manual_seed(0)
     batch, windows = 3, 4
     q, k, v = (torch.randn(batch * windows, 2, 9, 8) for _ in range(3))
@@ -193,6 +193,7 @@ def test_linear_routes_agree_with_float64_reference(
     if _layers._ONEDNN_LINEAR is None:
         pytest.skip("this torch build has no oneDNN linear")
     monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: onednn_gradients)
+    monkeypatch.setattr(_layers, "_avx512", lambda: True)  # the row count decides without avx512 (test below)
     calls = []
     monkeypatch.setattr(
         _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
@@ -223,6 +224,30 @@ def test_linear_routes_agree_with_float64_reference(
         for g, r in zip(grads, ref_grads):
             assert g.dtype == torch.float32
             torch.testing.assert_close(g.double(), r.double(), **{k: 5 * t for k, t in tol.items()})
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_fp32_gradients_without_avx512_take_onednn_for_long_token_maps_only(monkeypatch, avx512: bool) -> None:
+    """On an AMD processor without avx512 oneDNN serves the fp32 training linears of long token maps (>= 4096
+    rows: stages 0-1) and MKL the shorter ones; with avx512 oneDNN serves both; values and gradients agree."""
+    from lightning_vit.backbones import _layers
+
+    if _layers._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    calls = []
+    monkeypatch.setattr(
+        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[0].shape[0]) or torch.ops.mkldnn._linear_pointwise(*a)
+    )
+    monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: True)
+    monkeypatch.setattr(_layers, "_avx512", lambda: avx512)
+    layer = _layers.Linear(8, 4)
+    for rows in (4095, 4096):
+        x = torch.randn(1, rows, 8, requires_grad=True)
+        out = layer(x)
+        (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(grad, torch.ones_like(out) @ layer.weight)
+    assert calls == ([4095, 4095, 4096, 4096] if avx512 else [4096, 4096])  # forward and input gradient
 
 
 @pytest.mark.parametrize("bf16_supported", [False, True])
@@ -266,6 +291,7 @@ def test_fp32_gradients_take_mkl_on_intel_and_onednn_elsewhere(monkeypatch, vend
     )
     monkeypatch.setattr(_layers, "_cpu_vendor", lambda: vendor)
     monkeypatch.setattr(_layers, "_onednn_fp32_gradients", _layers._onednn_fp32_gradients.__wrapped__)
+    monkeypatch.setattr(_layers, "_avx512", lambda: True)
     x = torch.randn(6, 16, requires_grad=True)
     layer = _layers.Linear(16, 8)
     out = layer(x)

@@ -53,6 +53,20 @@ def _onednn_fp32_gradients() -> bool:
     return "intel" not in _cpu_vendor().lower()
 
 
+#: rows (tokens) from which a fp32 linear with gradient takes oneDNN on a processor without avx512 (see below)
+_AVX2_ONEDNN_ROWS = 4096
+
+
+def _onednn_fp32_gradient_call(x: torch.Tensor) -> bool:
+    """Whether this fp32 linear with gradient goes to oneDNN: on processors other than Intel's, and there on
+    AVX2-only ones for long token maps only (stages 0 and 1 at 224, batch 8). On an AVX2 AMD EPYC oneDNN led for
+    the stage-0 layers (ScalableViT-S, 25088 rows: 24.1 vs 29.3 ms forward + backward for the qkv, 30.8 vs 39.7
+    for fc2) and MKL for the later ones (1568 rows: 5-25% faster), where oneDNN's input gradient also copies the
+    weight. Training steps, alternating in one process, all-oneDNN -> this split: ScalableViT-S 2888 -> 2751 and
+    2953 -> 2662 ms, Swin-T 2464 -> 2286, CoaT-Lite Tiny 1323 -> 1221 (all-MKL: 2642, 2749, 2491, 1243)."""
+    return _onednn_fp32_gradients() and (_avx512() or x.numel() >= _AVX2_ONEDNN_ROWS * x.shape[-1])
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -85,7 +99,7 @@ def attention(
     grouped = (
         attn_mask is not None and attn_mask.dim() == q.dim() and (attn_mask.shape[0] != 1 or torch.jit.is_tracing())
     )
-    if q.device.type == "cpu" and _plain_ops_faster(q, attn_mask):
+    if q.device.type == "cpu" and _plain_ops_faster(q, k, attn_mask):
         attn = (q * scale) @ k.transpose(-2, -1)
         if grouped:
             attn = (attn.view(-1, attn_mask.shape[0], *attn.shape[1:]) + attn_mask).view(attn.shape)
@@ -109,15 +123,26 @@ def attention(
     return x[..., :dv]
 
 
-def _plain_ops_faster(q: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
+def _plain_ops_faster(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
     """Whether the plain ops beat SDPA for this CPU call: reduced precision, a mask that needs a gradient, or
     inference over short windows (<= 64 queries), where SDPA's kernel splits too little work over many small
     problems. Unmasked fp32 IWSA windows: 11.1 -> 8.6 ms (avx512). With Swin's bias and shift mask the two are
     even on avx512 and the plain ops 1.4-1.7x faster on AVX2 (an AMD EPYC; Swin-T stage 0, 512 windows: 28.2 ->
-    16.6 ms). Long sequences (ScalableViT's SSA, 3136 queries) stay with SDPA, 1.6-3x faster there."""
+    16.6 ms). Long sequences (ScalableViT's SSA, 3136 queries) stay with SDPA, 1.6-3x faster there.
+
+    On processors without avx512 SDPA's backward is the slower one too while there are few keys (<= 64): a
+    ScalableViT-S training step spent 419 ms in SDPA against 220 ms in the port's plain ops (AVX2 AMD EPYC)."""
     if q.dtype != torch.float32 or (attn_mask is not None and attn_mask.requires_grad):
         return True
-    return q.shape[-2] <= 64 and not (torch.is_grad_enabled() and q.requires_grad)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return k.shape[-2] <= 64 and not _avx512()
+    return q.shape[-2] <= 64
+
+
+@functools.cache
+def _avx512() -> bool:
+    """Whether torch's CPU kernels run avx512 code on this processor (not on AVX2-only ones)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def linear(
@@ -131,8 +156,8 @@ def linear(
 
     - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue;
     - gradient in fp32, on processors other than Intel's: the same matmul, and oneDNN for the input's gradient, in
-      :class:`_OneDnnLinear`; on Intel's, ``F.linear`` (MKL is the faster there, see
-      :func:`_onednn_fp32_gradients`);
+      :class:`_OneDnnLinear` (without avx512 for long token maps only, see :func:`_onednn_fp32_gradient_call`); on
+      Intel's, ``F.linear`` (MKL is the faster there, see :func:`_onednn_fp32_gradients`);
     - gradient in bf16: ``F.linear``, which autocast and oneDNN serve well.
 
     bf16 calls take oneDNN only where this CPU has its bf16 kernels (:func:`lightning_vit.runtime.cpu_bf16_kernels`;
@@ -144,7 +169,7 @@ def linear(
         raise ValueError(f"activation: expected None or 'gelu', got {activation!r}")
     dtype = _onednn_dtype(x, weight)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if dtype is None or (needs_grad and (dtype != torch.float32 or not _onednn_fp32_gradients())):
+    if dtype is None or (needs_grad and (dtype != torch.float32 or not _onednn_fp32_gradient_call(x))):
         x = F.linear(x, weight, bias)
         return F.gelu(x) if activation == "gelu" else x
     x, weight = x.to(dtype), weight.to(dtype)
