@@ -131,12 +131,17 @@ def _plain_ops_faster(q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor 
     16.6 ms). Long sequences (ScalableViT's SSA, 3136 queries) stay with SDPA, 1.6-3x faster there.
 
     On processors without avx512 SDPA's backward is the slower one too while there are few keys (<= 64): a
-    ScalableViT-S training step spent 419 ms in SDPA against 220 ms in the port's plain ops (AVX2 AMD EPYC)."""
+    ScalableViT-S training step spent 419 ms in SDPA against 220 ms in the port's plain ops (AVX2 AMD EPYC).
+
+    Under ``torch.compile`` these two eager choices give way to SDPA: Inductor (torch 2.14) failed to compile the
+    plain ops' backward over dynamic shapes (``cannot determine truth value of Relational``), and fuses on its own.
+    """
     if q.dtype != torch.float32 or (attn_mask is not None and attn_mask.requires_grad):
         return True
+    compiling = torch.compiler.is_compiling()
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
-        return k.shape[-2] <= 64 and not _avx512()
-    return q.shape[-2] <= 64
+        return not compiling and k.shape[-2] <= 64 and not _avx512()  # no processor query inside a trace
+    return q.shape[-2] <= 64 and (attn_mask is None or not compiling)
 
 
 @functools.cache
