@@ -123,18 +123,16 @@ class LightningViTCLI(LightningCLI):
         )
         if not (on_cpu and precision in ("bf16-mixed", "bf16", "bf16-true")) or cpu_bf16_kernels():
             return
-        if precision == "bf16-true" or os.environ.get("LIGHTNING_VIT_CPU_BF16", "").lower() == "keep":
-            log.warning(
-                "trainer.precision %s: this CPU has no bf16 kernels (no avx512); bf16 runs emulated, several times "
-                "slower than 32-true",
-                precision,
-            )
-            return
+        keep = precision == "bf16-true" or os.environ.get("LIGHTNING_VIT_CPU_BF16", "").lower() == "keep"
+        action = "kept" if keep else "running in 32-true (LIGHTNING_VIT_CPU_BF16=keep keeps bf16-mixed)"
         log.warning(
-            "trainer.precision bf16-mixed: this CPU has no bf16 kernels (no avx512), where bf16 runs emulated, "
-            "8-26x slower than fp32; running in 32-true (LIGHTNING_VIT_CPU_BF16=keep keeps bf16-mixed)"
+            "trainer.precision %s: this CPU has no bf16 kernels (no avx512), where bf16 runs emulated, 8-26x slower "
+            "than fp32; %s",
+            precision,
+            action,
         )
-        config.trainer.precision = "32-true"
+        if not keep:
+            config.trainer.precision = "32-true"
 
     @staticmethod
     def _fill_class_names(config: Namespace) -> None:
