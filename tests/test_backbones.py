@@ -265,6 +265,7 @@ def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_su
         _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[0].dtype) or torch.ops.mkldnn._linear_pointwise(*a)
     )
     monkeypatch.setattr(_layers, "cpu_bf16_kernels", lambda: bf16_supported)
+    monkeypatch.setattr(_layers, "_avx512", lambda: True)  # fp32 inference takes oneDNN (AVX2: test below)
     layer = _layers.Linear(16, 8)
     x = torch.randn(6, 16)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -275,6 +276,39 @@ def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_su
     with torch.no_grad():
         layer(x)
     assert calls == ([torch.bfloat16] if bf16_supported else []) + [torch.float32]
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_fp32_inference_without_avx512_takes_onednn_only_to_fuse_gelu_into_large_maps(monkeypatch, avx512) -> None:
+    """Without a gradient, on a processor with avx512 every fp32 linear takes oneDNN; on an AVX2-only one MKL's
+    F.linear serves them, but for a GELU over a hidden map of at least ``_AVX2_FUSED_GELU_ELEMENTS`` outputs,
+    which oneDNN fuses; the values agree on every route."""
+    from lightning_vit.backbones import _layers
+
+    if _layers._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    calls = []
+    monkeypatch.setattr(
+        _layers,
+        "_ONEDNN_LINEAR",
+        lambda *a: calls.append((a[0].shape[0], a[3])) or torch.ops.mkldnn._linear_pointwise(*a),
+    )
+    monkeypatch.setattr(_layers, "_avx512", lambda: avx512)
+    monkeypatch.setattr(_layers, "_AVX2_FUSED_GELU_ELEMENTS", 24 * 8)  # 24 rows of 8 outputs
+    torch.manual_seed(0)
+    w, b = torch.randn(8, 16), torch.randn(8)
+    with torch.no_grad():
+        for tokens in (11, 12):  # 22 and 24 rows
+            x = torch.randn(tokens, 2, 16).transpose(0, 1)  # (2, tokens, 16), not contiguous
+            for activation in (None, "gelu"):
+                out = _layers.linear(x, w, b, activation)
+                ref = torch.nn.functional.linear(x, w, b)
+                ref = torch.nn.functional.gelu(ref) if activation else ref
+                torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    if avx512:
+        assert calls == [(22, "none"), (22, "gelu"), (24, "none"), (24, "gelu")]
+    else:
+        assert calls == [(24, "gelu")]
 
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])

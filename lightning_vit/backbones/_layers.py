@@ -67,6 +67,25 @@ def _onednn_fp32_gradient_call(x: torch.Tensor) -> bool:
     return _onednn_fp32_gradients() and (_avx512() or x.numel() >= _AVX2_ONEDNN_ROWS * x.shape[-1])
 
 
+#: output elements (rows x out features) from which a fp32 inference linear with GELU takes oneDNN's fused GELU on a
+#: processor without avx512 (see below): 2^23 fp32 values, 32 MB, about a server processor's last-level cache
+_AVX2_FUSED_GELU_ELEMENTS = 2**23
+
+
+def _onednn_fp32_inference_call(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> bool:
+    """Whether this fp32 linear without gradient goes to oneDNN: always on processors with avx512; on AVX2-only
+    ones only to fuse GELU into a hidden map larger than the cache, which a separate GELU would read and write
+    again from memory. Everywhere else on an AVX2 AMD EPYC (2 threads, fp32, median of 15 calls) MKL's matmul
+    (``F.linear``), with GELU on its own, was the faster: Swin-T stage 1 fc1 with GELU (6272 rows, 192 -> 768)
+    13.5-14.0 vs 20.7-21.2 ms, qkv 8.3-8.5 vs 9.7-10.5 ms, fc2 12.1-12.2 vs 13.8-14.2 ms; stage 2 fc1 12.4-13.5 vs
+    19.6-20.6 ms; CoaT-Lite's 320 -> 1280 fc1 at 6272 rows 35.7 vs 54.4 ms. At stage 0 (25088 rows) oneDNN's
+    fused GELU led: 96 -> 384 (38.5 MB) 34.8 vs 50.1 ms, 128 -> 512 46.8 vs 66.9 ms; below 2^23 outputs the two
+    were even or MKL led (12544 rows, 128 -> 512: 15.8 vs 13.2 ms)."""
+    if _avx512():
+        return True
+    return activation == "gelu" and x.numel() // x.shape[-1] * weight.shape[0] >= _AVX2_FUSED_GELU_ELEMENTS
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -159,7 +178,8 @@ def linear(
     an EPYC: 1.3-1.6x slower); bf16 ones already go to oneDNN, but GELU then costs a pass of its own over the
     4x-wide hidden map (13 ms of a 20 ms fc1 at Swin-T stage 0). So on CPU in fp32 or bf16 (autocast included):
 
-    - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue;
+    - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue (without avx512
+      only for a GELU over a map larger than the cache, see :func:`_onednn_fp32_inference_call`);
     - gradient in fp32, on processors other than Intel's: the same matmul, and oneDNN for the input's gradient, in
       :class:`_OneDnnLinear` (without avx512 for long token maps only, see :func:`_onednn_fp32_gradient_call`); on
       Intel's, ``F.linear`` (MKL is the faster there, see :func:`_onednn_fp32_gradients`);
@@ -174,7 +194,11 @@ def linear(
         raise ValueError(f"activation: expected None or 'gelu', got {activation!r}")
     dtype = _onednn_dtype(x, weight)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if dtype is None or (needs_grad and (dtype != torch.float32 or not _onednn_fp32_gradient_call(x))):
+    if needs_grad:
+        onednn = dtype == torch.float32 and _onednn_fp32_gradient_call(x)
+    else:
+        onednn = dtype is not None and (dtype != torch.float32 or _onednn_fp32_inference_call(x, weight, activation))
+    if not onednn:
         x = F.linear(x, weight, bias)
         return F.gelu(x) if activation == "gelu" else x
     x, weight = x.to(dtype), weight.to(dtype)
