@@ -279,36 +279,69 @@ def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_su
 
 
 @pytest.mark.parametrize("avx512", [True, False])
-def test_fp32_inference_without_avx512_takes_onednn_only_to_fuse_gelu_into_large_maps(monkeypatch, avx512) -> None:
-    """Without a gradient, on a processor with avx512 every fp32 linear takes oneDNN; on an AVX2-only one MKL's
-    F.linear serves them, but for a GELU over a hidden map of at least ``_AVX2_FUSED_GELU_ELEMENTS`` outputs,
-    which oneDNN fuses; the values agree on every route."""
+def test_fp32_inference_without_avx512_takes_mkl(monkeypatch, avx512: bool) -> None:
+    """Without a gradient every fp32 linear takes oneDNN (GELU fused) on a processor with avx512 and MKL's
+    F.linear on an AVX2-only one; the values agree on both routes."""
     from lightning_vit.backbones import _layers
 
     if _layers._ONEDNN_LINEAR is None:
         pytest.skip("this torch build has no oneDNN linear")
     calls = []
     monkeypatch.setattr(
-        _layers,
-        "_ONEDNN_LINEAR",
-        lambda *a: calls.append((a[0].shape[0], a[3])) or torch.ops.mkldnn._linear_pointwise(*a),
+        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
     )
     monkeypatch.setattr(_layers, "_avx512", lambda: avx512)
-    monkeypatch.setattr(_layers, "_AVX2_FUSED_GELU_ELEMENTS", 24 * 8)  # 24 rows of 8 outputs
     torch.manual_seed(0)
-    w, b = torch.randn(8, 16), torch.randn(8)
+    x, w, b = torch.randn(12, 2, 16).transpose(0, 1), torch.randn(8, 16), torch.randn(8)  # x not contiguous
     with torch.no_grad():
-        for tokens in (11, 12):  # 22 and 24 rows
-            x = torch.randn(tokens, 2, 16).transpose(0, 1)  # (2, tokens, 16), not contiguous
-            for activation in (None, "gelu"):
-                out = _layers.linear(x, w, b, activation)
-                ref = torch.nn.functional.linear(x, w, b)
-                ref = torch.nn.functional.gelu(ref) if activation else ref
-                torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    if avx512:
-        assert calls == [(22, "none"), (22, "gelu"), (24, "none"), (24, "gelu")]
-    else:
-        assert calls == [(24, "gelu")]
+        for activation in (None, "gelu"):
+            ref = torch.nn.functional.linear(x, w, b)
+            ref = torch.nn.functional.gelu(ref) if activation else ref
+            torch.testing.assert_close(_layers.linear(x, w, b, activation), ref, atol=1e-5, rtol=1e-5)
+    assert calls == (["none", "gelu"] if avx512 else [])
+
+
+@pytest.mark.parametrize(
+    ("avx512", "grad", "autocast", "chunked"),
+    [
+        (False, False, False, True),
+        (True, False, False, False),
+        (False, True, False, False),
+        (False, False, True, False),
+    ],
+)
+def test_mlp_inference_over_large_maps_runs_in_chunks_without_avx512(monkeypatch, avx512, grad, autocast, chunked):
+    """An fp32 inference MLP whose hidden map reaches ``_AVX2_CHUNKED_MLP_ELEMENTS`` runs in row chunks of
+    ``_MLP_CHUNK_ELEMENTS`` hidden values on a processor without avx512, with the whole MLP's values (dropout
+    included: identity in eval); with avx512, a gradient or autocast it runs whole."""
+    from lightning_vit.backbones import _layers
+
+    chunks = []
+    monkeypatch.setattr(_layers, "_avx512", lambda: avx512)
+    monkeypatch.setattr(_layers, "_AVX2_CHUNKED_MLP_ELEMENTS", 2 * 25 * 32)  # the map below: 50 rows x 32
+    monkeypatch.setattr(_layers, "_MLP_CHUNK_ELEMENTS", 16 * 32)  # 16 rows a chunk: 16, 16, 16 and 2
+    torch.manual_seed(0)
+    mlp = _layers.Mlp(12, 32, drop=0.5).eval()
+    real_linear = _layers.linear
+
+    def spy(x: torch.Tensor, *args, activation: str | None = None) -> torch.Tensor:  # fc1: the call with GELU
+        if activation == "gelu":
+            chunks.append(x.shape[0])
+        return real_linear(x, *args, activation=activation)
+
+    monkeypatch.setattr(_layers, "linear", spy)
+    x = torch.randn(25, 2, 12).transpose(0, 1).requires_grad_(grad)  # (2, 25, 12), not contiguous
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.set_grad_enabled(grad):
+        out = mlp(x)
+    ref = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x)))
+    assert out.shape == (2, 25, 12)
+    torch.testing.assert_close(out.float(), ref.float(), **(dict(atol=0.05, rtol=0.02) if autocast else {}))
+    assert chunks == ([16, 16, 16, 2] if chunked else [2])  # fc1's rows per call (whole: the 3-d batch of 2)
+    monkeypatch.setattr(_layers, "_AVX2_CHUNKED_MLP_ELEMENTS", 2 * 25 * 32 + 1)  # one value more: whole
+    chunks.clear()
+    with torch.no_grad():
+        mlp(x)
+    assert chunks == [2]
 
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])

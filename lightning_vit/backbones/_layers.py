@@ -67,23 +67,11 @@ def _onednn_fp32_gradient_call(x: torch.Tensor) -> bool:
     return _onednn_fp32_gradients() and (_avx512() or x.numel() >= _AVX2_ONEDNN_ROWS * x.shape[-1])
 
 
-#: output elements (rows x out features) from which a fp32 inference linear with GELU takes oneDNN's fused GELU on a
-#: processor without avx512 (see below): 2^23 fp32 values, 32 MB, about a server processor's last-level cache
-_AVX2_FUSED_GELU_ELEMENTS = 2**23
-
-
-def _onednn_fp32_inference_call(x: torch.Tensor, weight: torch.Tensor, activation: str | None) -> bool:
-    """Whether this fp32 linear without gradient goes to oneDNN: always on processors with avx512; on AVX2-only
-    ones only to fuse GELU into a hidden map larger than the cache, which a separate GELU would read and write
-    again from memory. Everywhere else on an AVX2 AMD EPYC (2 threads, fp32, median of 15 calls) MKL's matmul
-    (``F.linear``), with GELU on its own, was the faster: Swin-T stage 1 fc1 with GELU (6272 rows, 192 -> 768)
-    13.5-14.0 vs 20.7-21.2 ms, qkv 8.3-8.5 vs 9.7-10.5 ms, fc2 12.1-12.2 vs 13.8-14.2 ms; stage 2 fc1 12.4-13.5 vs
-    19.6-20.6 ms; CoaT-Lite's 320 -> 1280 fc1 at 6272 rows 35.7 vs 54.4 ms. At stage 0 (25088 rows) oneDNN's
-    fused GELU led: 96 -> 384 (38.5 MB) 34.8 vs 50.1 ms, 128 -> 512 46.8 vs 66.9 ms; below 2^23 outputs the two
-    were even or MKL led (12544 rows, 128 -> 512: 15.8 vs 13.2 ms)."""
-    if _avx512():
-        return True
-    return activation == "gelu" and x.numel() // x.shape[-1] * weight.shape[0] >= _AVX2_FUSED_GELU_ELEMENTS
+#: hidden-map elements (rows x hidden width) from which an fp32 inference MLP on a processor without avx512 runs in
+#: row chunks (:meth:`Mlp.forward`): 2^23 fp32 values, 32 MB, about a server processor's last-level cache; and the
+#: hidden-map elements of one chunk (4 MB)
+_AVX2_CHUNKED_MLP_ELEMENTS = 2**23
+_MLP_CHUNK_ELEMENTS = 2**20
 
 
 def attention(
@@ -178,8 +166,12 @@ def linear(
     an EPYC: 1.3-1.6x slower); bf16 ones already go to oneDNN, but GELU then costs a pass of its own over the
     4x-wide hidden map (13 ms of a 20 ms fc1 at Swin-T stage 0). So on CPU in fp32 or bf16 (autocast included):
 
-    - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue (without avx512
-      only for a GELU over a map larger than the cache, see :func:`_onednn_fp32_inference_call`);
+    - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue; in fp32 on
+      processors without avx512 ``F.linear`` (MKL), the faster there: on an AVX2 AMD EPYC (2 threads, median of
+      15 calls) Swin-T's stage-1 fc1 with GELU (6272 rows, 192 -> 768) took 13.5-14.0 ms against oneDNN's 20.7-21.2,
+      its qkv 8.3-8.5 against 9.7-10.5, fc2 12.1-12.2 against 13.8-14.2, stage 2's fc1 12.4-13.5 against
+      19.6-20.6, CoaT-Lite's 320 -> 1280 fc1 at 6272 rows 35.7 against 54.4. oneDNN's fused GELU led only over
+      hidden maps larger than the cache (stage 0, 25088 rows); :class:`Mlp` splits those into chunks instead;
     - gradient in fp32, on processors other than Intel's: the same matmul, and oneDNN for the input's gradient, in
       :class:`_OneDnnLinear` (without avx512 for long token maps only, see :func:`_onednn_fp32_gradient_call`); on
       Intel's, ``F.linear`` (MKL is the faster there, see :func:`_onednn_fp32_gradients`);
@@ -197,7 +189,7 @@ def linear(
     if needs_grad:
         onednn = dtype == torch.float32 and _onednn_fp32_gradient_call(x)
     else:
-        onednn = dtype is not None and (dtype != torch.float32 or _onednn_fp32_inference_call(x, weight, activation))
+        onednn = dtype is not None and (dtype != torch.float32 or _avx512())
     if not onednn:
         x = F.linear(x, weight, bias)
         return F.gelu(x) if activation == "gelu" else x
@@ -212,16 +204,7 @@ def linear(
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The compute dtype of a CPU linear that oneDNN can take (fp32 or bf16, autocast's if it is on), else None."""
-    if (
-        _ONEDNN_LINEAR is None
-        or x.device.type != "cpu"
-        or not torch.backends.mkldnn.enabled
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-        or x.numel() == 0
-    ):
+    if _ONEDNN_LINEAR is None or not torch.backends.mkldnn.enabled or not _eager_cpu_call(x) or x.numel() == 0:
         return None
     if torch.is_autocast_enabled("cpu") and x.is_floating_point():
         dtype = torch.get_autocast_dtype("cpu")
@@ -232,6 +215,17 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     if dtype == torch.bfloat16:
         return dtype if cpu_bf16_kernels() else None
     return dtype if dtype == torch.float32 else None
+
+
+def _eager_cpu_call(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a CPU tensor of an eager call: not traced, scripted, compiled or exported."""
+    return not (
+        x.device.type != "cpu"
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 class _OneDnnLinear(torch.autograd.Function):
@@ -268,7 +262,8 @@ class Linear(nn.Linear):
 
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout, with timm's ``Mlp`` parameter names; the GELU fuses into fc1
-    where :func:`linear` can."""
+    where :func:`linear` can, and inference over large maps runs in row chunks where that is the faster (see
+    :meth:`_forward_in_chunks`)."""
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -279,8 +274,40 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._in_chunks(x):
+            return self._forward_in_chunks(x)
         x = self.drop1(linear(x, self.fc1.weight, self.fc1.bias, activation="gelu"))
         return self.drop2(self.fc2(x))
+
+    def _in_chunks(self, x: torch.Tensor) -> bool:
+        """Whether this call runs in row chunks: fp32 inference (no gradient, no autocast) on a processor without
+        avx512 whose hidden map would exceed the cache (``_AVX2_CHUNKED_MLP_ELEMENTS``)."""
+        if x.numel() // max(x.shape[-1], 1) * self.fc1.out_features < _AVX2_CHUNKED_MLP_ELEMENTS:
+            return False
+        if x.dtype != torch.float32 or not _eager_cpu_call(x) or torch.is_autocast_enabled("cpu"):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        return not _avx512()
+
+    def _forward_in_chunks(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` over ``_MLP_CHUNK_ELEMENTS`` hidden values at a time, written into one output, so that
+        each chunk's hidden map stays in the cache between fc1 and fc2 instead of going to memory and back.
+
+        On an AVX2 AMD EPYC (2 threads, fp32, median of 25 calls) Swin-T's stage-0 MLP (25088 rows, 96 -> 384 ->
+        96) took 28-29 ms in chunks of 2^19-2^20 values against 63-65 ms whole in MKL and 47.5 ms with oneDNN's
+        fused GELU; CoaT-Lite Tiny's stage-1 MLP (25096 rows, 64 -> 512 -> 64) 28 against 74-79 ms, CoaT Tiny's
+        (152 -> 608 -> 152) 64-66 against 119-123 ms. Below 2^23 hidden values the gain fades (12544 x 384:
+        15 against 15-22 ms; 6272 x 768: none). Each output row is computed as unchunked, by the same kernels.
+        """
+        flat = x.reshape(-1, x.shape[-1])
+        out = flat.new_empty(flat.shape[0], self.fc2.out_features)
+        step = max(_MLP_CHUNK_ELEMENTS // self.fc1.out_features, 1)
+        weight = self.fc2.weight.t()
+        for start in range(0, flat.shape[0], step):
+            hidden = self.drop1(linear(flat[start : start + step], self.fc1.weight, self.fc1.bias, activation="gelu"))
+            torch.addmm(self.fc2.bias, hidden, weight, out=out[start : start + step])  # F.linear's own call
+        return self.drop2(out).view(*x.shape[:-1], out.shape[-1])
 
 
 class DepthwiseConv2d(nn.Conv2d):
