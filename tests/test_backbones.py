@@ -193,7 +193,7 @@ def test_linear_routes_agree_with_float64_reference(
     if _layers._ONEDNN_LINEAR is None:
         pytest.skip("this torch build has no oneDNN linear")
     monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: onednn_gradients)
-    monkeypatch.setattr(_layers, "_avx512", lambda: True)  # the row count decides without avx512 (test below)
+    monkeypatch.setattr(_layers, "_avx512", lambda: True)  # without avx512 every call is F.linear (test below)
     calls = []
     monkeypatch.setattr(
         _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
@@ -226,30 +226,6 @@ def test_linear_routes_agree_with_float64_reference(
             torch.testing.assert_close(g.double(), r.double(), **{k: 5 * t for k, t in tol.items()})
 
 
-@pytest.mark.parametrize("avx512", [True, False])
-def test_fp32_gradients_without_avx512_take_onednn_for_long_token_maps_only(monkeypatch, avx512: bool) -> None:
-    """On an AMD processor without avx512 oneDNN serves the fp32 training linears of long token maps (>= 4096
-    rows: stages 0-1) and MKL the shorter ones; with avx512 oneDNN serves both; values and gradients agree."""
-    from lightning_vit.backbones import _layers
-
-    if _layers._ONEDNN_LINEAR is None:
-        pytest.skip("this torch build has no oneDNN linear")
-    calls = []
-    monkeypatch.setattr(
-        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[0].shape[0]) or torch.ops.mkldnn._linear_pointwise(*a)
-    )
-    monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: True)
-    monkeypatch.setattr(_layers, "_avx512", lambda: avx512)
-    layer = _layers.Linear(8, 4)
-    for rows in (4095, 4096):
-        x = torch.randn(1, rows, 8, requires_grad=True)
-        out = layer(x)
-        (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
-        torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias))
-        torch.testing.assert_close(grad, torch.ones_like(out) @ layer.weight)
-    assert calls == ([4095, 4095, 4096, 4096] if avx512 else [4096, 4096])  # forward and input gradient
-
-
 @pytest.mark.parametrize("bf16_supported", [False, True])
 def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_supported: bool) -> None:
     """On a processor without avx512 oneDNN cannot build a bf16 matmul (it raises): bf16 calls take F.linear
@@ -279,9 +255,10 @@ def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_su
 
 
 @pytest.mark.parametrize("avx512", [True, False])
-def test_fp32_inference_without_avx512_takes_mkl(monkeypatch, avx512: bool) -> None:
-    """Without a gradient every fp32 linear takes oneDNN (GELU fused) on a processor with avx512 and MKL's
-    F.linear on an AVX2-only one; the values agree on both routes."""
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_fp32_linears_without_avx512_take_mkl(monkeypatch, avx512: bool, needs_grad: bool) -> None:
+    """On an AMD processor with avx512 oneDNN serves fp32 linears, GELU fused without a gradient, forward and
+    input gradient with one; on an AVX2-only one MKL's F.linear serves them all; values and gradients agree."""
     from lightning_vit.backbones import _layers
 
     if _layers._ONEDNN_LINEAR is None:
@@ -290,15 +267,24 @@ def test_fp32_inference_without_avx512_takes_mkl(monkeypatch, avx512: bool) -> N
     monkeypatch.setattr(
         _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
     )
+    monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: True)
     monkeypatch.setattr(_layers, "_avx512", lambda: avx512)
     torch.manual_seed(0)
-    x, w, b = torch.randn(12, 2, 16).transpose(0, 1), torch.randn(8, 16), torch.randn(8)  # x not contiguous
-    with torch.no_grad():
+    x = torch.randn(12, 2, 16).transpose(0, 1).requires_grad_(needs_grad)  # (2, 12, 16), not contiguous
+    w, b = torch.randn(8, 16), torch.randn(8)
+    with torch.set_grad_enabled(needs_grad):
         for activation in (None, "gelu"):
+            out = _layers.linear(x, w, b, activation)
             ref = torch.nn.functional.linear(x, w, b)
             ref = torch.nn.functional.gelu(ref) if activation else ref
-            torch.testing.assert_close(_layers.linear(x, w, b, activation), ref, atol=1e-5, rtol=1e-5)
-    assert calls == (["none", "gelu"] if avx512 else [])
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            if needs_grad:
+                grad_out = torch.randn_like(out)
+                torch.testing.assert_close(*(torch.autograd.grad(y, x, grad_out)[0] for y in (out, ref)))
+    if not avx512:
+        assert calls == []
+    else:  # with a gradient: forward and input gradient, GELU on its own
+        assert calls == (["none"] * 4 if needs_grad else ["none", "gelu"])
 
 
 @pytest.mark.parametrize(

@@ -53,20 +53,6 @@ def _onednn_fp32_gradients() -> bool:
     return "intel" not in _cpu_vendor().lower()
 
 
-#: rows (tokens) from which a fp32 linear with gradient takes oneDNN on a processor without avx512 (see below)
-_AVX2_ONEDNN_ROWS = 4096
-
-
-def _onednn_fp32_gradient_call(x: torch.Tensor) -> bool:
-    """Whether this fp32 linear with gradient goes to oneDNN: on processors other than Intel's, and there on
-    AVX2-only ones for long token maps only (stages 0 and 1 at 224, batch 8). On an AVX2 AMD EPYC oneDNN led for
-    the stage-0 layers (ScalableViT-S, 25088 rows: 24.1 vs 29.3 ms forward + backward for the qkv, 30.8 vs 39.7
-    for fc2) and MKL for the later ones (1568 rows: 5-25% faster), where oneDNN's input gradient also copies the
-    weight. Training steps, alternating in one process, all-oneDNN -> this split: ScalableViT-S 2888 -> 2751 and
-    2953 -> 2662 ms, Swin-T 2464 -> 2286, CoaT-Lite Tiny 1323 -> 1221 (all-MKL: 2642, 2749, 2491, 1243)."""
-    return _onednn_fp32_gradients() and (_avx512() or x.numel() >= _AVX2_ONEDNN_ROWS * x.shape[-1])
-
-
 #: hidden-map elements (rows x hidden width) from which an fp32 inference MLP on a processor without avx512 runs in
 #: row chunks (:meth:`Mlp.forward`): 2^23 fp32 values, 32 MB, about a server processor's last-level cache; and the
 #: hidden-map elements of one chunk (4 MB)
@@ -162,35 +148,28 @@ def linear(
 ) -> torch.Tensor:
     """``F.linear`` (then the exact, erf GELU when ``activation="gelu"``) by the fastest exact route for the call.
 
-    On CPU, fp32 matmuls go to MKL, which on AMD processors runs far below oneDNN (Swin-T's layers, 2 threads on
-    an EPYC: 1.3-1.6x slower); bf16 ones already go to oneDNN, but GELU then costs a pass of its own over the
+    On CPU, fp32 matmuls go to MKL, which on AMD processors with avx512 runs far below oneDNN (Swin-T's layers, 2
+    threads on an EPYC: 1.3-1.6x slower); bf16 ones already go to oneDNN, but GELU then costs a pass of its own over the
     4x-wide hidden map (13 ms of a 20 ms fc1 at Swin-T stage 0). So on CPU in fp32 or bf16 (autocast included):
 
-    - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue; in fp32 on
-      processors without avx512 ``F.linear`` (MKL), the faster there: on an AVX2 AMD EPYC (2 threads, median of
-      15 calls) Swin-T's stage-1 fc1 with GELU (6272 rows, 192 -> 768) took 13.5-14.0 ms against oneDNN's 20.7-21.2,
-      its qkv 8.3-8.5 against 9.7-10.5, fc2 12.1-12.2 against 13.8-14.2, stage 2's fc1 12.4-13.5 against
-      19.6-20.6, CoaT-Lite's 320 -> 1280 fc1 at 6272 rows 35.7 against 54.4. oneDNN's fused GELU led only over
-      hidden maps larger than the cache (stage 0, 25088 rows); :class:`Mlp` splits those into chunks instead;
+    - no gradient needed (inference, frozen layers): oneDNN's matmul, GELU fused in its epilogue;
     - gradient in fp32, on processors other than Intel's: the same matmul, and oneDNN for the input's gradient, in
-      :class:`_OneDnnLinear` (without avx512 for long token maps only, see :func:`_onednn_fp32_gradient_call`); on
-      Intel's, ``F.linear`` (MKL is the faster there, see :func:`_onednn_fp32_gradients`);
+      :class:`_OneDnnLinear`; on Intel's, ``F.linear`` (MKL is the faster there, see
+      :func:`_onednn_fp32_gradients`);
     - gradient in bf16: ``F.linear``, which autocast and oneDNN serve well.
 
-    bf16 calls take oneDNN only where this CPU has its bf16 kernels (:func:`lightning_vit.runtime.cpu_bf16_kernels`;
-    not on AVX2-only processors). Traced, scripted, compiled and exported calls, other devices and dtypes take
-    ``F.linear``, so exported graphs hold standard ops and ``torch.compile`` makes its own fusions. Outputs equal
-    ``F.linear``'s up to rounding (summation order; the fused GELU rounds once in bf16 instead of twice).
+    All of this on processors with avx512 only; without it (AVX2) every call takes ``F.linear``, see
+    :func:`_onednn_dtype`. bf16 calls take oneDNN only where this CPU has its bf16 kernels
+    (:func:`lightning_vit.runtime.cpu_bf16_kernels`). Traced, scripted, compiled and exported calls, other devices
+    and dtypes take ``F.linear``, so exported graphs hold standard ops and ``torch.compile`` makes its own fusions.
+    Outputs equal ``F.linear``'s up to rounding (summation order; the fused GELU rounds once in bf16 instead of
+    twice).
     """
     if activation not in (None, "gelu"):
         raise ValueError(f"activation: expected None or 'gelu', got {activation!r}")
     dtype = _onednn_dtype(x, weight)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if needs_grad:
-        onednn = dtype == torch.float32 and _onednn_fp32_gradient_call(x)
-    else:
-        onednn = dtype is not None and (dtype != torch.float32 or _avx512())
-    if not onednn:
+    if dtype is None or (needs_grad and (dtype != torch.float32 or not _onednn_fp32_gradients())):
         x = F.linear(x, weight, bias)
         return F.gelu(x) if activation == "gelu" else x
     x, weight = x.to(dtype), weight.to(dtype)
@@ -203,8 +182,21 @@ def linear(
 
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
-    """The compute dtype of a CPU linear that oneDNN can take (fp32 or bf16, autocast's if it is on), else None."""
+    """The compute dtype of a CPU linear that oneDNN can take (fp32 or bf16, autocast's if it is on), else None.
+
+    None on processors without avx512: there oneDNN cannot build a bf16 matmul, and MKL's fp32 one (``F.linear``)
+    was the faster on an AVX2 AMD EPYC (2 threads), in inference 1.2-1.6x per layer on token maps of up to 6272
+    rows (Swin-T's stage-1 fc1 with GELU, 6272 rows, 192 -> 768: 13.5-14.0 against 20.7-21.2 ms; stage 2's fc1
+    12.4-13.5 against 19.6-20.6; CoaT-Lite's 320 -> 1280 fc1 35.7 against 54.4), and in training steps, alternating
+    in one process (8 and 14 rounds): CoaT Tiny 2626 -> 2523 and 2647 -> 2512 ms, Swin-T 1937 -> 1845 and 1793 ->
+    1720, CoaT-Lite Tiny 879 -> 856 and 891 -> 848, ScalableViT-S 2165 -> 2109 (against oneDNN for the layers of
+    >= 4096 rows, which an earlier session had measured the faster on such a processor). oneDNN's fused GELU led
+    only over hidden maps larger than the cache (stage 0, 25088 rows), which :class:`Mlp` splits into chunks
+    instead.
+    """
     if _ONEDNN_LINEAR is None or not torch.backends.mkldnn.enabled or not _eager_cpu_call(x) or x.numel() == 0:
+        return None
+    if not _avx512():  # AVX2 only: MKL (above)
         return None
     if torch.is_autocast_enabled("cpu") and x.is_floating_point():
         dtype = torch.get_autocast_dtype("cpu")
