@@ -177,27 +177,36 @@ def test_attention_per_window_mask_and_wider_mask(monkeypatch, dtype, mask_grad,
         assert (out.double() - ref).abs().mean() < (narrow.double() - ref).abs().mean()
 
 
+@pytest.fixture
+def onednn_calls(monkeypatch) -> list[str]:
+    """The activation (``"none"``, ``"gelu"``) of every call to oneDNN's linear from ``_layers``, which still
+    computes it; skips where this torch build has no oneDNN linear."""
+    from lightning_vit.backbones import _layers
+
+    if _layers._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    calls = []
+    monkeypatch.setattr(
+        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
+    )
+    return calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("needs_grad", [False, True])
 @pytest.mark.parametrize("activation", [None, "gelu"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("onednn_gradients", [True, False])
 def test_linear_routes_agree_with_float64_reference(
-    monkeypatch, dtype, needs_grad, activation, bias, onednn_gradients
+    monkeypatch, onednn_calls, dtype, needs_grad, activation, bias, onednn_gradients
 ) -> None:
     """The shared ``linear`` computes F.linear (+ exact GELU) and its gradients on every route, under autocast as
     a model runs in bf16, on 3-d non-contiguous input, whichever library serves fp32 gradients on this processor;
     oneDNN serves the CPU calls it claims to serve."""
     from lightning_vit.backbones import _layers
 
-    if _layers._ONEDNN_LINEAR is None:
-        pytest.skip("this torch build has no oneDNN linear")
     monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: onednn_gradients)
     monkeypatch.setattr(_layers, "_avx512", lambda: True)  # without avx512 every call is F.linear (test below)
-    calls = []
-    monkeypatch.setattr(
-        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
-    )
     torch.manual_seed(0)
     x = torch.randn(5, 3, 16).transpose(0, 1).requires_grad_(needs_grad)  # (3, 5, 16), not contiguous
     w, b = torch.randn(24, 16).requires_grad_(needs_grad), torch.randn(24).requires_grad_(needs_grad)
@@ -211,11 +220,11 @@ def test_linear_routes_agree_with_float64_reference(
     # oneDNN: calls without gradient, GELU fused; fp32 calls with gradient too where MKL is not the faster; bf16
     # calls only where oneDNN runs bf16 on this processor (not on AVX2-only ones)
     if dtype == torch.bfloat16 and not _layers.cpu_bf16_kernels():
-        assert calls == []
+        assert onednn_calls == []
     elif not needs_grad:
-        assert calls == [activation or "none"]
+        assert onednn_calls == [activation or "none"]
     else:
-        assert calls == (["none"] if dtype == torch.float32 and onednn_gradients else [])
+        assert onednn_calls == (["none"] if dtype == torch.float32 and onednn_gradients else [])
     if needs_grad:
         inputs = (x, w, b) if bias else (x, w)
         grad_out = torch.randn_like(ref)
@@ -256,17 +265,13 @@ def test_bf16_linears_leave_onednn_where_it_cannot_run_them(monkeypatch, bf16_su
 
 @pytest.mark.parametrize("avx512", [True, False])
 @pytest.mark.parametrize("needs_grad", [False, True])
-def test_fp32_linears_without_avx512_take_mkl(monkeypatch, avx512: bool, needs_grad: bool) -> None:
+def test_fp32_linears_without_avx512_take_mkl(
+    monkeypatch, onednn_calls: list[str], avx512: bool, needs_grad: bool
+) -> None:
     """On an AMD processor with avx512 oneDNN serves fp32 linears, GELU fused without a gradient, forward and
     input gradient with one; on an AVX2-only one MKL's F.linear serves them all; values and gradients agree."""
     from lightning_vit.backbones import _layers
 
-    if _layers._ONEDNN_LINEAR is None:
-        pytest.skip("this torch build has no oneDNN linear")
-    calls = []
-    monkeypatch.setattr(
-        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
-    )
     monkeypatch.setattr(_layers, "_onednn_fp32_gradients", lambda: True)
     monkeypatch.setattr(_layers, "_avx512", lambda: avx512)
     torch.manual_seed(0)
@@ -282,9 +287,9 @@ def test_fp32_linears_without_avx512_take_mkl(monkeypatch, avx512: bool, needs_g
                 grad_out = torch.randn_like(out)
                 torch.testing.assert_close(*(torch.autograd.grad(y, x, grad_out)[0] for y in (out, ref)))
     if not avx512:
-        assert calls == []
+        assert onednn_calls == []
     else:  # with a gradient: forward and input gradient, GELU on its own
-        assert calls == (["none"] * 4 if needs_grad else ["none", "gelu"])
+        assert onednn_calls == (["none"] * 4 if needs_grad else ["none", "gelu"])
 
 
 @pytest.mark.parametrize(
@@ -331,17 +336,13 @@ def test_mlp_inference_over_large_maps_runs_in_chunks_without_avx512(monkeypatch
 
 
 @pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
-def test_fp32_gradients_take_mkl_on_intel_and_onednn_elsewhere(monkeypatch, vendor: str) -> None:
+def test_fp32_gradients_take_mkl_on_intel_and_onednn_elsewhere(
+    monkeypatch, onednn_calls: list[str], vendor: str
+) -> None:
     """Where the fp32 training matmuls go depends on the processor (MKL's fast kernels are Intel's); inference
-    always takes oneDNN; the values and gradients are F.linear's on both routes."""
+    takes oneDNN (with avx512); the values and gradients are F.linear's on both routes."""
     from lightning_vit.backbones import _layers
 
-    if _layers._ONEDNN_LINEAR is None:
-        pytest.skip("this torch build has no oneDNN linear")
-    calls = []
-    monkeypatch.setattr(
-        _layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or torch.ops.mkldnn._linear_pointwise(*a)
-    )
     monkeypatch.setattr(_layers, "_cpu_vendor", lambda: vendor)
     monkeypatch.setattr(_layers, "_onednn_fp32_gradients", _layers._onednn_fp32_gradients.__wrapped__)
     monkeypatch.setattr(_layers, "_avx512", lambda: True)
@@ -352,10 +353,10 @@ def test_fp32_gradients_take_mkl_on_intel_and_onednn_elsewhere(monkeypatch, vend
     ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(x.grad, torch.ones_like(out) @ layer.weight)
-    assert calls == ([] if vendor == "GenuineIntel" else ["none", "none"])  # AMD: forward and input gradient
+    assert onednn_calls == ([] if vendor == "GenuineIntel" else ["none", "none"])  # AMD: forward and input gradient
     with torch.no_grad():
         layer(x)
-    assert calls[-1:] == ["none"]
+    assert onednn_calls[-1:] == ["none"]
 
 
 @pytest.mark.parametrize(
