@@ -289,8 +289,9 @@ class Mlp(nn.Module):
         On an AVX2 AMD EPYC (2 threads, fp32, median of 25 calls) Swin-T's stage-0 MLP (25088 rows, 96 -> 384 ->
         96) took 28-29 ms in chunks of 2^19-2^20 values against 63-65 ms whole in MKL and 47.5 ms with oneDNN's
         fused GELU; CoaT-Lite Tiny's stage-1 MLP (25096 rows, 64 -> 512 -> 64) 28 against 74-79 ms, CoaT Tiny's
-        (152 -> 608 -> 152) 64-66 against 119-123 ms. Below 2^23 hidden values the gain fades (12544 x 384:
-        15 against 15-22 ms; 6272 x 768: none). Each output row is computed as unchunked, by the same kernels.
+        (152 -> 608 -> 152) 64-66 against 119-123 ms. Below 2^23 hidden values the gain fades, then turns (12544 x
+        384: 15 against 15-22 ms; 6272 x 768, Swin-T's stage 1: chunks 0-13% slower). Each output row is computed
+        as unchunked, by the same kernels.
         """
         flat = x.reshape(-1, x.shape[-1])
         out = flat.new_empty(flat.shape[0], self.fc2.out_features)
