@@ -94,6 +94,22 @@ def test_equals_timm(name: str) -> None:
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", TINY_CFGS)
+def test_training_gradients_equal_timm(name: str) -> None:
+    """With gradients the attention takes its training route (softmax normalised after the product, the position
+    encoding added in place): every parameter's gradient equals timm's."""
+    cfg = load_json("coat/golden_info.json")[name]["constructor_kwargs"]
+    ref = timm.models.coat.CoaT(img_size=224, **cfg).train()
+    ours = _tinycfg(name).train()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = load_tensor("coat/input_seed1_2x3x224x224.pt")
+    for model in (ours, ref):
+        model(x).logsumexp(-1).sum().backward()
+    ref_grads = dict(ref.named_parameters())
+    for n, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n].grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_variant_keys_and_parameter_count(name: str) -> None:
     with torch.device("meta"):
